@@ -1,0 +1,198 @@
+//! Arguments shared by several commands, and their validation into library types.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bipo::load::{LoadOptions, LoadedModel};
+use bipo::steer::Steering;
+use bipo::text::{ChatTemplate, Message};
+use bipo::SteeringVector;
+use candle_core::DType;
+use clap::Args;
+
+/// Which model to load.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// GGUF file, Hugging Face model folder, or Hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct).
+    #[arg(long, short = 'm', value_name = "FILE|FOLDER|HUB-ID")]
+    pub model: String,
+    /// Compute dtype for safetensors models: f32, bf16 or f16.
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<LoadedModel> {
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            other => bail!("invalid --dtype `{other}` (choose f32, bf16 or f16)"),
+        };
+        let opts = LoadOptions {
+            dtype: Some(dtype),
+            ..Default::default()
+        };
+        bipo::load::load(&self.model, &opts)
+            .with_context(|| format!("loading model {}", self.model))
+    }
+}
+
+/// Steering vectors to apply.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SteerArgs {
+    /// Steering vector file with optional multiplier (default 1); repeat to add several.
+    #[arg(long = "vector", short = 'v', value_name = "FILE[:MULTIPLIER]")]
+    pub vectors: Vec<String>,
+}
+
+/// Splits `FILE[:MULTIPLIER]`; a suffix that is not a number stays part of the path.
+pub fn parse_vector_spec(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((file, m)) = spec.rsplit_once(':') {
+        if let Ok(x) = m.parse::<f32>() {
+            if !x.is_finite() {
+                bail!("invalid multiplier `{m}` in --vector {spec}");
+            }
+            return Ok((PathBuf::from(file), x));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+impl SteerArgs {
+    /// Reads every vector and checks it fits the model.
+    pub fn vectors(&self, lm: &LoadedModel) -> Result<Vec<(SteeringVector, f32)>> {
+        self.vectors
+            .iter()
+            .map(|spec| {
+                let (path, m) = parse_vector_spec(spec)?;
+                let v = bipo::io::read_vector(&path)?;
+                v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+                    .with_context(|| format!("{}", path.display()))?;
+                Ok((v, m))
+            })
+            .collect()
+    }
+
+    pub fn steering(
+        &self,
+        vectors: &[(SteeringVector, f32)],
+        lm: &LoadedModel,
+    ) -> Result<Steering> {
+        Ok(Steering::from_vectors(
+            vectors,
+            lm.model.device(),
+            lm.model.dtype(),
+        )?)
+    }
+}
+
+/// How a question becomes a prompt.
+#[derive(Args, Clone, Debug, Default)]
+pub struct PromptArgs {
+    /// Format the prompt with the chat template (otherwise it is raw text).
+    #[arg(long)]
+    pub chat: bool,
+    /// System prompt (with --chat).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Use a built-in template instead of the model's: llama2 or mistral (the BiPO paper's formats).
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+}
+
+impl PromptArgs {
+    pub fn template(&self, lm: &LoadedModel) -> Result<ChatTemplate> {
+        match &self.template {
+            Some(name) => Ok(ChatTemplate::builtin(name)?),
+            None => lm
+                .chat_template
+                .clone()
+                .context("the model has no chat template: pass --template llama2|mistral"),
+        }
+    }
+
+    /// Prompt text for a conversation (chat) or the raw prompt.
+    pub fn render(&self, lm: &LoadedModel, history: &[Message], raw: &str) -> Result<String> {
+        if !self.chat {
+            return Ok(raw.to_string());
+        }
+        let mut msgs = Vec::new();
+        if let Some(s) = &self.system {
+            msgs.push(Message::new("system", s));
+        }
+        msgs.extend_from_slice(history);
+        Ok(self.template(lm)?.render(&msgs)?)
+    }
+}
+
+/// Sampling flags.
+#[derive(Args, Clone, Debug)]
+pub struct SampleArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold in (0, 1].
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Penalty > 1 discourages tokens already in the context.
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    pub repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SampleArgs {
+    pub fn options(&self, top_logprobs: usize) -> Result<bipo::generate::GenerateOptions> {
+        let sampling = bipo::generate::SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        };
+        sampling.validate()?;
+        Ok(bipo::generate::GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling,
+            stop_strings: self.stop.clone(),
+            stop_at_eos: !self.ignore_eos,
+            top_logprobs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_specs_split_at_a_numeric_suffix_only() {
+        assert_eq!(
+            parse_vector_spec("a.gguf:-4").unwrap(),
+            (PathBuf::from("a.gguf"), -4.0)
+        );
+        assert_eq!(
+            parse_vector_spec("a.gguf").unwrap(),
+            (PathBuf::from("a.gguf"), 1.0)
+        );
+        assert_eq!(
+            parse_vector_spec("C:dir/a.gguf").unwrap(),
+            (PathBuf::from("C:dir/a.gguf"), 1.0)
+        );
+        assert!(parse_vector_spec("a.gguf:inf").is_err());
+    }
+}

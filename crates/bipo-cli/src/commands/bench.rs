@@ -1,0 +1,141 @@
+//! `bipo bench`: prompt and decode throughput, unsteered and steered, side by side.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bipo::models::{KvCache, Mode};
+use bipo::steer::Steering;
+use bipo::{SteeringVector, VectorMeta};
+use candle_core::Tensor;
+
+use crate::args::{ModelArgs, SteerArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    steer: SteerArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time after the prompt.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+}
+
+/// Text repeated to build a prompt of the requested length.
+const FILLER: &str = "The quick brown fox jumps over the lazy dog while the band plays on. ";
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// (prompt tok/s, decode tok/s) of one run.
+fn run_once(
+    lm: &bipo::load::LoadedModel,
+    ids: &[u32],
+    gen: usize,
+    steering: &Steering,
+) -> Result<(f64, f64)> {
+    let model = &lm.model;
+    let dev = model.device();
+    let mut cache = KvCache::new(model);
+    let t0 = Instant::now();
+    let logits = model.forward(
+        &Tensor::new(ids, dev)?.unsqueeze(0)?,
+        0,
+        Some(&mut cache),
+        steering,
+        Some(1),
+        Mode::Fast,
+    )?;
+    let mut next: u32 = logits.flatten_all()?.argmax(0)?.to_scalar()?;
+    let prompt_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..gen {
+        let logits = model.forward(
+            &Tensor::new(&[next], dev)?.unsqueeze(0)?,
+            cache.len(),
+            Some(&mut cache),
+            steering,
+            Some(1),
+            Mode::Fast,
+        )?;
+        next = logits.flatten_all()?.argmax(0)?.to_scalar()?;
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    Ok((ids.len() as f64 / prompt_s, gen as f64 / decode_s))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let lm = a.model.load()?;
+    let mut ids = lm
+        .tokenizer
+        .encode(&FILLER.repeat(a.prompt_tokens / 8 + 1), false)?;
+    ids.truncate(a.prompt_tokens);
+    let mut vectors = a.steer.vectors(&lm)?;
+    if vectors.is_empty() {
+        // Steering cost does not depend on the values: one direction on every layer.
+        let h = lm.model.hidden_size();
+        let layers = (0..lm.model.num_layers())
+            .map(|l| (l, vec![0.01; h]))
+            .collect();
+        vectors.push((
+            SteeringVector {
+                layers,
+                meta: VectorMeta {
+                    name: "bench".into(),
+                    ..Default::default()
+                },
+            },
+            1.0,
+        ));
+    }
+    let steered = Steering::from_vectors(&vectors, lm.model.device(), lm.model.dtype())?;
+    let steered_layers = steered.layers().count();
+    let none = Steering::none();
+    // Warm-up (allocations, weight repacking) is not measured.
+    run_once(&lm, &ids, 4, &none).context("warm-up")?;
+    let (mut p0, mut d0, mut p1, mut d1) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..a.repeats.max(1) {
+        // Interleave so both see the same machine state.
+        let (p, d) = run_once(&lm, &ids, a.gen_tokens, &none)?;
+        p0.push(p);
+        d0.push(d);
+        let (p, d) = run_once(&lm, &ids, a.gen_tokens, &steered)?;
+        p1.push(p);
+        d1.push(d);
+    }
+    let (p0, d0, p1, d1) = (median(p0), median(d0), median(p1), median(d1));
+    println!(
+        "model: {} ({}), threads: {}",
+        lm.model.info.source,
+        lm.model.info.weights,
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "prompt {} tokens, decode {} tokens, median of {}",
+        ids.len(),
+        a.gen_tokens,
+        a.repeats.max(1)
+    );
+    println!("{:<28} {:>12} {:>12}", "", "prompt tok/s", "decode tok/s");
+    println!("{:<28} {:>12.1} {:>12.1}", "unsteered", p0, d0);
+    println!(
+        "{:<28} {:>12.1} {:>12.1}",
+        format!("steered ({steered_layers} layers)"),
+        p1,
+        d1
+    );
+    println!(
+        "steering cost: prompt {:+.2}%, decode {:+.2}%",
+        (p0 / p1 - 1.0) * 100.0,
+        (d0 / d1 - 1.0) * 100.0
+    );
+    Ok(())
+}

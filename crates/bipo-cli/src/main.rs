@@ -1,0 +1,57 @@
+//! The `bipo` command: a thin layer that validates arguments into the library's types.
+
+mod args;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Steering vectors for language models: train, measure, apply, generate.
+#[derive(Parser)]
+#[command(name = "bipo", version, about, long_about = None)]
+struct Cli {
+    /// Worker threads for matrix work (default: all cores; also RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, optionally steered.
+    Generate(commands::generate::Args),
+    /// Interactive chat; `/m X` changes the steering multiplier between turns.
+    Chat(commands::chat::Args),
+    /// Show a model's architecture, sizes, tokenizer and chat template.
+    Inspect(commands::inspect::Args),
+    /// Measure prompt and decode speed with and without steering.
+    Bench(commands::bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // candle's matmul kernels and rayon pool both read this before first use.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<bipo::Error>())
+                .map(|b| b.exit_code())
+                .unwrap_or(1);
+            ExitCode::from(code as u8)
+        }
+    }
+}

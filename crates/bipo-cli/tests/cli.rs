@@ -1,0 +1,198 @@
+//! The `bipo` binary end to end: output on the default model, and one clear error line
+//! with a non-zero exit code for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{Device, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> String {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+fn happy() -> String {
+    root()
+        .join("../shared/reference/smollm2-135m-instruct-q4_1/happy-control-vector.gguf")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn bipo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bipo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes a control-vector GGUF with the given layers and width.
+fn write_control_vector(path: &Path, layers: &[usize], width: usize) {
+    let tensors: Vec<(String, QTensor)> = layers
+        .iter()
+        .map(|&l| {
+            let t = Tensor::from_vec(vec![0.5f32; width], width, &Device::Cpu).unwrap();
+            (
+                format!("direction.{l}"),
+                QTensor::quantize(&t, candle_core::quantized::GgmlDType::F32).unwrap(),
+            )
+        })
+        .collect();
+    let arch = gguf_file::Value::String("controlvector".into());
+    let meta = [("general.architecture", &arch)];
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut f, &meta, &refs).unwrap();
+}
+
+fn assert_clear_error(o: &Output, needles: &[&str]) {
+    assert!(!o.status.success(), "expected failure, got success");
+    let e = stderr(o);
+    assert!(e.starts_with("error: "), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
+    for n in needles {
+        assert!(e.contains(n), "`{n}` not in: {e}");
+    }
+}
+
+#[test]
+fn a_missing_model_file_is_one_clear_error() {
+    let o = bipo(&["inspect", "--model", "no/such/model.gguf"]);
+    assert_clear_error(&o, &["no/such/model.gguf"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("notes.txt");
+    std::fs::write(&p, "hello").unwrap();
+    let o = bipo(&["inspect", "--model", p.to_str().unwrap()]);
+    assert_clear_error(&o, &["notes.txt", "not a GGUF"]);
+}
+
+#[test]
+fn a_control_vector_passed_as_model_says_so() {
+    let o = bipo(&["inspect", "--model", &happy()]);
+    assert_clear_error(&o, &["control vector", "--vector"]);
+}
+
+#[test]
+fn a_vector_of_the_wrong_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("narrow.gguf");
+    write_control_vector(&p, &[3], 100);
+    let o = bipo(&[
+        "generate",
+        "-m",
+        &model(),
+        "-p",
+        "Hi",
+        "--vector",
+        p.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["narrow", "width 100", "576"]);
+}
+
+#[test]
+fn a_vector_layer_beyond_the_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("deep.gguf");
+    write_control_vector(&p, &[3, 30], 576);
+    let o = bipo(&[
+        "generate",
+        "-m",
+        &model(),
+        "-p",
+        "Hi",
+        "--vector",
+        p.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["deep", "layer 30", "30 layers"]);
+}
+
+#[test]
+fn a_negative_temperature_is_refused_before_loading() {
+    let o = bipo(&["generate", "-m", &model(), "-p", "Hi", "--temperature=-1"]);
+    assert_clear_error(&o, &["temperature"]);
+}
+
+#[test]
+fn inspect_reports_the_default_models_shape() {
+    let o = bipo(&["inspect", "--model", &model()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "layers:        30",
+        "hidden size:   576",
+        "9 query, 3 key/value",
+        "vocabulary:    49152",
+    ] {
+        assert!(out.contains(line), "`{line}` not in:\n{out}");
+    }
+}
+
+#[test]
+fn generate_with_multiplier_zero_prints_the_unsteered_text_and_steering_changes_it() {
+    let m = model();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "-m",
+            m.as_str(),
+            "-p",
+            "I feel",
+            "--max-tokens",
+            "12",
+            "--ignore-eos",
+        ];
+        a.extend_from_slice(extra);
+        let o = bipo(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let hv0 = format!("{}:0", happy());
+    let hv4 = format!("{}:4", happy());
+    let plain = run(&[]);
+    assert_eq!(plain, run(&["--vector", &hv0]));
+    assert_ne!(plain, run(&["--vector", &hv4]));
+}
+
+#[test]
+fn logprobs_mode_prints_one_json_object_per_token() {
+    let o = bipo(&[
+        "generate",
+        "-m",
+        &model(),
+        "-p",
+        "The capital of France is",
+        "--max-tokens",
+        "3",
+        "--logprobs",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], 7042);
+    assert_eq!(lines[0]["text"], " Paris");
+    assert_eq!(lines[0]["top"].as_array().unwrap().len(), 2);
+    assert!(lines[0]["logprob"].as_f64().unwrap() < 0.0);
+}

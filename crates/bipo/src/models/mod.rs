@@ -1,0 +1,388 @@
+//! Steerable decoder-only language models.
+//!
+//! One loaded [`Model`] is immutable and shared: the KV cache and the steering are
+//! passed into every forward call, so many requests (or a training loop and an
+//! evaluator) can use the same weights at once.
+//!
+//! A new family is one file (its `Config` mirroring `config.json`, GGUF metadata
+//! reading, a header doc listing its traits) plus one row in [`ARCHITECTURES`].
+
+pub mod attention_cpu;
+pub mod layers;
+pub mod llama;
+pub mod mistral;
+pub mod qmatmul;
+pub mod qwen2;
+pub mod random;
+
+use std::ops::Range;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::load::gguf::GgufFile;
+use crate::load::weights::WeightSource;
+use crate::steer::Steering;
+use layers::{Attention, Block, Linear, Mlp, RmsNorm, Rope};
+pub use layers::{DecoderConfig, Mode, Weight};
+
+/// One supported model family.
+pub struct Architecture {
+    /// Short name shown by `bipo inspect`.
+    pub family: &'static str,
+    /// `model_type` values in `config.json`.
+    pub hf_model_types: &'static [&'static str],
+    /// `general.architecture` values in GGUF files.
+    pub gguf_names: &'static [&'static str],
+    /// Whether llama.cpp stores this family's Q/K rows permuted (see
+    /// [`crate::load::gguf::unpermute_rope_rows`]).
+    pub gguf_rope_permuted: bool,
+    pub from_hf: fn(&str) -> Result<DecoderConfig>,
+    pub from_gguf: fn(&GgufFile) -> Result<DecoderConfig>,
+}
+
+/// Every family bipo runs.
+pub const ARCHITECTURES: &[Architecture] = &[
+    llama::ARCHITECTURE,
+    mistral::ARCHITECTURE,
+    qwen2::ARCHITECTURE,
+];
+
+fn supported(names: impl Fn(&Architecture) -> &'static [&'static str]) -> String {
+    ARCHITECTURES
+        .iter()
+        .flat_map(names)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The family whose `config.json` `model_type` is `name`.
+pub fn architecture_for_hf(name: &str) -> Result<&'static Architecture> {
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.hf_model_types.contains(&name))
+        .ok_or_else(|| Error::UnsupportedArchitecture {
+            name: name.to_string(),
+            supported: supported(|a| a.hf_model_types),
+        })
+}
+
+/// The family whose GGUF `general.architecture` is `name`.
+pub fn architecture_for_gguf(name: &str) -> Result<&'static Architecture> {
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.gguf_names.contains(&name))
+        .ok_or_else(|| Error::UnsupportedArchitecture {
+            name: name.to_string(),
+            supported: supported(|a| a.gguf_names),
+        })
+}
+
+/// What was loaded, for `bipo inspect`, run records and vector metadata.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelInfo {
+    /// Family name from [`ARCHITECTURES`].
+    pub family: String,
+    /// The path or Hub id the user gave.
+    pub source: String,
+    /// "gguf" or "safetensors".
+    pub format: String,
+    /// Weight storage, e.g. "Q4_1 (210), F32 (61), Q8_0 (1)" or "F32".
+    pub weights: String,
+    /// Compute dtype of activations.
+    pub dtype: String,
+    pub config: DecoderConfig,
+}
+
+/// Per-request attention cache: keys and values of every position seen so far.
+pub struct KvCache {
+    layers: Vec<layers::LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Model) -> Self {
+        let layers = (0..model.cfg.num_layers)
+            .map(|_| layers::LayerCache::default())
+            .collect();
+        Self { layers, len: 0 }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|c| c.reset());
+        self.len = 0;
+    }
+}
+
+/// A loaded decoder-only language model.
+pub struct Model {
+    pub info: ModelInfo,
+    cfg: DecoderConfig,
+    embed_tokens: Weight,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    /// Builds the model from a weight source (Hugging Face tensor names).
+    pub fn build(
+        cfg: DecoderConfig,
+        src: &mut WeightSource,
+        info: ModelInfo,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        if !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) || !hd.is_multiple_of(2) {
+            return Err(Error::invalid(
+                "model config",
+                format!(
+                    "{} heads, {} kv heads, head dim {hd}: heads must divide evenly and head dim be even",
+                    cfg.num_heads, cfg.num_kv_heads
+                ),
+            ));
+        }
+        let linear = |src: &mut WeightSource, name: &str, out: usize, inp: usize, bias: bool| {
+            let w = src.require(&format!("{name}.weight"), &[out, inp], device)?;
+            let b = if bias {
+                Some(src.require_dense(&format!("{name}.bias"), &[out], device, dtype)?)
+            } else {
+                None
+            };
+            Linear::new(w, b, dtype)
+        };
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let ab = cfg.attention_bias;
+            let self_attn = Attention {
+                q_proj: linear(src, &format!("{p}.self_attn.q_proj"), q_out, h, ab)?,
+                k_proj: linear(src, &format!("{p}.self_attn.k_proj"), kv_out, h, ab)?,
+                v_proj: linear(src, &format!("{p}.self_attn.v_proj"), kv_out, h, ab)?,
+                o_proj: linear(src, &format!("{p}.self_attn.o_proj"), h, q_out, false)?,
+                num_heads: cfg.num_heads,
+                num_kv_heads: cfg.num_kv_heads,
+                head_dim: hd,
+            };
+            let mlp = Mlp {
+                gate_proj: linear(src, &format!("{p}.mlp.gate_proj"), i, h, false)?,
+                up_proj: linear(src, &format!("{p}.mlp.up_proj"), i, h, false)?,
+                down_proj: linear(src, &format!("{p}.mlp.down_proj"), h, i, false)?,
+            };
+            layers.push(Block {
+                input_layernorm: RmsNorm::new(
+                    src.require_dense(&format!("{p}.input_layernorm.weight"), &[h], device, dtype)?,
+                    cfg.rms_norm_eps,
+                ),
+                self_attn,
+                post_attention_layernorm: RmsNorm::new(
+                    src.require_dense(
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &[h],
+                        device,
+                        dtype,
+                    )?,
+                    cfg.rms_norm_eps,
+                ),
+                mlp,
+            });
+        }
+        let embed_tokens =
+            src.require("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?;
+        let embed_tokens = match embed_tokens {
+            Weight::Dense(t) => Weight::Dense(t.to_dtype(dtype)?),
+            q => q,
+        };
+        // Tied embeddings when the file has no separate head (SmolLM2, small Qwen2).
+        let head = match src.get("lm_head.weight", device)? {
+            Some(w) if !cfg.tie_word_embeddings || w.dims() == [cfg.vocab_size, h] => w,
+            _ => embed_tokens.clone(),
+        };
+        let norm = RmsNorm::new(
+            src.require_dense("model.norm.weight", &[h], device, dtype)?,
+            cfg.rms_norm_eps,
+        );
+        let rope = Rope::new(&cfg, dtype, device)?;
+        Ok(Self {
+            info,
+            lm_head: Linear::new(head, None, dtype)?,
+            embed_tokens,
+            layers,
+            norm,
+            rope,
+            cfg,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.cfg.num_layers
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.cfg.hidden_size
+    }
+
+    /// Longest context (prompt + generated) the model accepts.
+    pub fn max_context(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// Token embeddings. ids: (b, t) u32 -> (b, t, hidden)
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match &self.embed_tokens {
+            Weight::Blocks(b) => {
+                let (bsz, s) = ids.dims2()?;
+                let h = self.cfg.hidden_size;
+                let mut out = vec![0f32; bsz * s * h];
+                for (row, &id) in out
+                    .chunks_exact_mut(h)
+                    .zip(&ids.flatten_all()?.to_vec1::<u32>()?)
+                {
+                    if id as usize >= self.cfg.vocab_size {
+                        return Err(Error::invalid(
+                            "token id",
+                            format!("{id} >= vocabulary size {}", self.cfg.vocab_size),
+                        ));
+                    }
+                    b.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (bsz, s, h), &self.device)?.to_dtype(self.dtype)?
+            }
+            Weight::Quantized(q) => q.embedding(ids)?.to_dtype(self.dtype)?,
+            Weight::Dense(t) => {
+                let (b, s) = ids.dims2()?;
+                t.index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, s, self.cfg.hidden_size))?
+            }
+        })
+    }
+
+    /// Runs blocks `layers` on the residual stream xs: (b, t, hidden) holding positions
+    /// pos..pos+t, adding the steering after each block.
+    pub fn run_blocks(
+        &self,
+        xs: &Tensor,
+        layers: Range<usize>,
+        pos: usize,
+        mut cache: Option<&mut KvCache>,
+        steering: &Steering,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let t = xs.dim(1)?;
+        if pos + t > self.max_context() {
+            return Err(Error::invalid(
+                "context length",
+                format!(
+                    "{} tokens exceed the model's {}",
+                    pos + t,
+                    self.max_context()
+                ),
+            ));
+        }
+        if layers.end > self.cfg.num_layers {
+            return Err(Error::invalid(
+                "layer range",
+                format!("{layers:?} exceeds {} layers", self.cfg.num_layers),
+            ));
+        }
+        let mask =
+            layers::attention_mask(t, pos, self.cfg.sliding_window, self.dtype, &self.device)?;
+        let ctx = layers::StepCtx {
+            pos,
+            rope: &self.rope,
+            mask: mask.as_ref(),
+            window: self.cfg.sliding_window,
+            mode,
+        };
+        let mut xs = xs.clone();
+        for l in layers {
+            let c = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            xs = self.layers[l].forward(&xs, &ctx, c)?;
+            xs = steering.apply(l, &xs)?;
+        }
+        Ok(xs)
+    }
+
+    /// Final norm. xs: (b, t, hidden)
+    pub fn final_norm(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.norm.forward(xs, mode)
+    }
+
+    /// Vocabulary logits as f32. xs: (..., hidden) normed -> (..., vocab)
+    pub fn lm_head(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(self.lm_head.forward(xs, mode)?.to_dtype(DType::F32)?)
+    }
+
+    /// Full forward of ids (b, t) at positions pos..pos+t, returning logits (b, t, vocab)
+    /// for the last `last_n` positions only (the head is the most expensive matmul).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        pos: usize,
+        mut cache: Option<&mut KvCache>,
+        steering: &Steering,
+        last_n: Option<usize>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        if let Some(c) = cache.as_deref() {
+            if c.len != pos {
+                return Err(Error::invalid(
+                    "position",
+                    format!(
+                        "cache holds {} positions but forward starts at {pos}",
+                        c.len
+                    ),
+                ));
+            }
+        }
+        let t = ids.dim(1)?;
+        let xs = self.embed(ids)?;
+        let xs = self.run_blocks(
+            &xs,
+            0..self.cfg.num_layers,
+            pos,
+            cache.as_deref_mut(),
+            steering,
+            mode,
+        )?;
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let xs = match last_n {
+            Some(n) if n < t => xs.narrow(1, t - n, n)?,
+            _ => xs,
+        };
+        let xs = self.final_norm(&xs, mode)?;
+        self.lm_head(&xs, mode)
+    }
+}

@@ -1,0 +1,120 @@
+//! Small random models built in code, for fast tests of the model code and training.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::layers::{DecoderConfig, Weight};
+use super::qmatmul::QBlocks;
+use super::{Model, ModelInfo};
+use crate::error::Result;
+use crate::load::weights::WeightSource;
+
+/// A 2-layer decoder with grouped-query attention, widths multiple of 32 so every
+/// quantization type applies.
+pub fn tiny_config() -> DecoderConfig {
+    DecoderConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_layers: 3,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        vocab_size: 97,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_freq_factors: None,
+        max_position_embeddings: 256,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        sliding_window: None,
+    }
+}
+
+/// Scale of random weights: keeps activations O(1) through a few layers.
+const WEIGHT_SCALE: f32 = 0.2;
+
+/// A model with weights drawn uniformly from `seed`; `quant` keeps the projection
+/// matrices in that GGUF block type (None = dense f32).
+pub fn random_model(cfg: DecoderConfig, seed: u64, quant: Option<GgmlDType>) -> Result<Model> {
+    let dev = Device::Cpu;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut tensor = |shape: &[usize], center: f32| -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| center + rng.random_range(-WEIGHT_SCALE..WEIGHT_SCALE))
+            .collect();
+        Ok(Tensor::from_vec(v, shape, &dev)?)
+    };
+    let matrix = |t: Tensor| -> Result<Weight> {
+        Ok(match quant {
+            None => Weight::Dense(t),
+            Some(q) => {
+                let qt = QTensor::quantize(&t, q)?;
+                match QBlocks::from_qtensor(&qt)? {
+                    Some(b) => Weight::Blocks(Arc::new(b)),
+                    None => Weight::Quantized(Arc::new(qt)),
+                }
+            }
+        })
+    };
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let mut w: HashMap<String, Weight> = HashMap::new();
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        matrix(tensor(&[cfg.vocab_size, h], 0.0)?)?,
+    );
+    w.insert(
+        "model.norm.weight".into(),
+        Weight::Dense(tensor(&[h], 1.0)?),
+    );
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        for (name, out, inp) in [
+            ("self_attn.q_proj", cfg.num_heads * hd, h),
+            ("self_attn.k_proj", cfg.num_kv_heads * hd, h),
+            ("self_attn.v_proj", cfg.num_kv_heads * hd, h),
+            ("self_attn.o_proj", h, cfg.num_heads * hd),
+            ("mlp.gate_proj", i, h),
+            ("mlp.up_proj", i, h),
+            ("mlp.down_proj", h, i),
+        ] {
+            w.insert(
+                format!("{p}.{name}.weight"),
+                matrix(tensor(&[out, inp], 0.0)?)?,
+            );
+        }
+        if cfg.attention_bias {
+            for (name, out) in [
+                ("q_proj", cfg.num_heads * hd),
+                ("k_proj", cfg.num_kv_heads * hd),
+                ("v_proj", cfg.num_kv_heads * hd),
+            ] {
+                w.insert(
+                    format!("{p}.self_attn.{name}.bias"),
+                    Weight::Dense(tensor(&[out], 0.0)?),
+                );
+            }
+        }
+        w.insert(
+            format!("{p}.input_layernorm.weight"),
+            Weight::Dense(tensor(&[h], 1.0)?),
+        );
+        w.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            Weight::Dense(tensor(&[h], 1.0)?),
+        );
+    }
+    let info = ModelInfo {
+        family: "llama".into(),
+        source: format!("random(seed={seed})"),
+        format: "memory".into(),
+        weights: quant.map(|q| format!("{q:?}")).unwrap_or("F32".into()),
+        dtype: "f32".into(),
+        config: cfg.clone(),
+    };
+    Model::build(cfg, &mut WeightSource::Memory(w), info, &dev, DType::F32)
+}

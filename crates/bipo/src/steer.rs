@@ -1,0 +1,72 @@
+//! Applying steering vectors inside a forward pass.
+//!
+//! The steering site is [`Steering::apply`], called right after each decoder block's
+//! MLP residual add: `h_L <- h_L + sum_i m_i v_i[L]` at every position.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+use crate::vector::SteeringVector;
+
+/// Per-layer additive deltas for one forward pass.
+#[derive(Clone, Debug, Default)]
+pub struct Steering {
+    /// layer -> (hidden,) tensor added to every position of that block's output.
+    deltas: BTreeMap<usize, Tensor>,
+}
+
+impl Steering {
+    /// No steering.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Sums `m_i * v_i` per layer. Vectors at multiplier 0 are left out entirely, so
+    /// multiplier 0 is bit-identical to no steering. Each vector must already have been
+    /// checked against the model ([`SteeringVector::check_fits`]).
+    pub fn from_vectors(
+        vectors: &[(SteeringVector, f32)],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut sums: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        for (v, m) in vectors.iter().filter(|(_, m)| *m != 0.0) {
+            for (&layer, dir) in &v.layers {
+                let acc = sums.entry(layer).or_insert_with(|| vec![0.0; dir.len()]);
+                acc.iter_mut().zip(dir).for_each(|(a, x)| *a += m * x);
+            }
+        }
+        let deltas = sums
+            .into_iter()
+            .map(|(l, d)| {
+                let n = d.len();
+                Ok((l, Tensor::from_vec(d, n, device)?.to_dtype(dtype)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { deltas })
+    }
+
+    /// Steering from ready-made delta tensors (e.g. a trainable `Var` times a sign).
+    pub fn from_deltas(deltas: BTreeMap<usize, Tensor>) -> Self {
+        Self { deltas }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+
+    /// Layers that are steered.
+    pub fn layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.deltas.keys().copied()
+    }
+
+    /// Adds layer `layer`'s delta to xs: (b, t, hidden); returns xs unchanged otherwise.
+    pub fn apply(&self, layer: usize, xs: &Tensor) -> Result<Tensor> {
+        match self.deltas.get(&layer) {
+            Some(d) => Ok(xs.broadcast_add(d)?),
+            None => Ok(xs.clone()),
+        }
+    }
+}
