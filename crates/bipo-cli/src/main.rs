@@ -28,6 +28,10 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Measure prompt and decode speed with and without steering.
     Bench(commands::bench::Args),
+    /// Time BiPO training steps: bipo's algorithm beside the reference algorithm.
+    BenchTrain(commands::bench_train::Args),
+    /// Train a steering vector with BiPO on preference pairs.
+    Train(commands::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::BenchTrain(a) => commands::bench_train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

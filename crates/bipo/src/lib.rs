@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod io;
@@ -28,6 +29,7 @@ pub mod load;
 pub mod models;
 pub mod steer;
 pub mod text;
+pub mod train;
 pub mod util;
 pub mod vector;
 

@@ -129,6 +129,9 @@ impl Linear {
                 xs.contiguous()?.apply_op1_no_bwd(&QBlocksMatMul(b))?
             }
             (Weight::Quantized(q), Mode::Fast) => xs.contiguous()?.apply_op1_no_bwd(q.as_ref())?,
+            (_, Mode::Differentiable) if xs.device().is_cpu() && self.dtype == DType::F32 => {
+                crate::train::ops::frozen_linear(xs, self.dense_weight()?)?
+            }
             _ => {
                 let w = self.dense_weight()?;
                 let dims = xs.dims().to_vec();
@@ -226,6 +229,23 @@ impl Rope {
         self.cos.dims()[0]
     }
 
+    /// xs: (b, heads, t, head_dim) rotated at explicit positions (b, t), with
+    /// elementary (differentiable) ops.
+    pub fn forward_at(&self, xs: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, t) = positions.dims2()?;
+        let half = xs.dim(D::Minus1)? / 2;
+        let flat = positions.flatten_all()?;
+        // (b*t, half) -> (b, 1, t, half), shared by every head
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
+        let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+        let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+        let x1 = xs.narrow(D::Minus1, 0, half)?;
+        let x2 = xs.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+
     /// xs: (b, heads, t, head_dim), rotated as positions pos..pos+t.
     pub fn forward(&self, xs: &Tensor, pos: usize, mode: Mode) -> Result<Tensor> {
         let t = xs.dim(2)?;
@@ -252,8 +272,12 @@ pub struct StepCtx<'a> {
     /// Position of the first token of this call.
     pub pos: usize,
     pub rope: &'a Rope,
-    /// Additive (t, t_total) mask, or None when every key is visible.
+    /// Additive (t, t_total) mask shared by the batch, or (b, 1, t, t_total) per row;
+    /// None when every key is visible.
     pub mask: Option<&'a Tensor>,
+    /// Explicit (b, t) u32 position ids, for packed sequences (several responses after
+    /// one prompt share positions); None = pos..pos+t. Differentiable path only.
+    pub positions: Option<&'a Tensor>,
     pub window: Option<usize>,
     pub mode: Mode,
 }
@@ -279,7 +303,8 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
         let (pos, rope, mask, mode) = (ctx.pos, ctx.rope, ctx.mask, ctx.mode);
-        if mode == Mode::Fast && xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        let fused = ctx.positions.is_none() && mask.is_none_or(|m| m.rank() == 2);
+        if fused && mode == Mode::Fast && xs.device().is_cpu() && xs.dtype() == DType::F32 {
             return self.forward_fused(xs, pos, rope, cache, ctx.window);
         }
         let cache = cache.map(|c| &mut c.candle);
@@ -301,8 +326,10 @@ impl Attention {
             .forward(xs, mode)?
             .reshape((b, t, kvh, hd))?
             .transpose(1, 2)?;
-        let q = rope.forward(&q, pos, mode)?;
-        let k = rope.forward(&k, pos, mode)?;
+        let (q, k) = match ctx.positions {
+            Some(p) => (rope.forward_at(&q, p)?, rope.forward_at(&k, p)?),
+            None => (rope.forward(&q, pos, mode)?, rope.forward(&k, pos, mode)?),
+        };
         let (k, v) = match cache {
             Some(c) => c.append(&k.contiguous()?, &v.contiguous()?)?,
             None => (k, v.contiguous()?),
@@ -317,7 +344,12 @@ impl Attention {
         let scores = match mask {
             Some(m) => scores
                 .reshape((b, kvh, rep, t, t_total))?
-                .broadcast_add(m)?
+                // (b, 1, t, T) per-row masks gain the head-group axis: (b, 1, 1, t, T).
+                .broadcast_add(&if m.rank() == 4 {
+                    m.unsqueeze(2)?
+                } else {
+                    m.clone()
+                })?
                 .reshape((b, kvh, rep * t, t_total))?,
             None => scores,
         };

@@ -322,12 +322,47 @@ impl Model {
             rope: &self.rope,
             mask: mask.as_ref(),
             window: self.cfg.sliding_window,
+            positions: None,
             mode,
         };
         let mut xs = xs.clone();
         for l in layers {
             let c = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             xs = self.layers[l].forward(&xs, &ctx, c)?;
+            xs = steering.apply(l, &xs)?;
+        }
+        Ok(xs)
+    }
+
+    /// Runs blocks `layers` on packed rows xs: (b, t, hidden) with explicit position ids
+    /// (b, t) and a per-row additive mask (b, 1, t, t), on the differentiable path.
+    /// Used to share one prompt between several responses in one row.
+    pub fn run_blocks_packed(
+        &self,
+        xs: &Tensor,
+        layers: Range<usize>,
+        positions: &Tensor,
+        mask: &Tensor,
+        steering: &Steering,
+    ) -> Result<Tensor> {
+        let max = positions.max_all()?.to_scalar::<u32>()? as usize;
+        if max >= self.max_context() {
+            return Err(Error::invalid(
+                "context length",
+                format!("position {max} exceeds the model's {}", self.max_context()),
+            ));
+        }
+        let ctx = layers::StepCtx {
+            pos: 0,
+            rope: &self.rope,
+            mask: Some(mask),
+            window: None,
+            positions: Some(positions),
+            mode: Mode::Differentiable,
+        };
+        let mut xs = xs.clone();
+        for l in layers {
+            xs = self.layers[l].forward(&xs, &ctx, None)?;
             xs = steering.apply(l, &xs)?;
         }
         Ok(xs)

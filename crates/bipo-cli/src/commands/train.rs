@@ -1,0 +1,298 @@
+//! `bipo train`: BiPO on preference pairs.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bipo::train::bipo::{tokenize, Prepared};
+use bipo::train::{Event, TrainConfig, Trainer};
+use bipo::VectorMeta;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Preference pairs: BiPO CSV, CAA/Anthropic JSON(L), {positive,negative} JSONL or DPO JSONL.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Held-out pairs: BiPO loss for +v and -v is reported after every epoch.
+    #[arg(long, value_name = "FILE")]
+    test: Option<PathBuf>,
+    /// Output folder: vector.safetensors, epoch-N.safetensors, run.json, metrics.jsonl, checkpoint.json.
+    #[arg(long, short = 'o', value_name = "DIR")]
+    out: PathBuf,
+    /// TOML file with training settings; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// 0-based decoder block whose output is steered.
+    #[arg(long)]
+    layer: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Peak learning rate (AdamW).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// BiPO's beta.
+    #[arg(long)]
+    beta: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Gradient-norm clipping threshold.
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// System prompt for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Built-in template (llama2, mistral) instead of the model's own.
+    #[arg(long)]
+    template: Option<String>,
+    /// Memory (MB) for cached layer-L states; beyond it they are recomputed each step.
+    #[arg(long)]
+    cache_mb: Option<usize>,
+    /// Continue from OUT/checkpoint.json (same settings); reaches the same vector as an uninterrupted run.
+    #[arg(long)]
+    resume: bool,
+    /// Drop records with an empty field (listed in run.json) instead of failing.
+    #[arg(long)]
+    skip_invalid_rows: bool,
+}
+
+/// Multipliers at which the held-out margin is reported after training.
+const MARGIN_MULTIPLIERS: [f32; 3] = [-1.0, 0.0, 1.0];
+
+fn config(a: &Args) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => TrainConfig::from_toml(p)?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(x) = a.$f.clone() { c.$f = x; } )* };
+    }
+    set!(
+        layer,
+        epochs,
+        lr,
+        beta,
+        batch_size,
+        warmup_steps,
+        weight_decay,
+        grad_clip,
+        seed,
+        cache_mb
+    );
+    if a.max_steps.is_some() {
+        c.max_steps = a.max_steps;
+    }
+    if a.system.is_some() {
+        c.system = a.system.clone();
+    }
+    if a.template.is_some() {
+        c.template = a.template.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn bar(len: u64, template: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = config(&a)?;
+    let train = bipo::data::load_pairs_with(&a.data, a.skip_invalid_rows)?;
+    let test = a
+        .test
+        .as_ref()
+        .map(|p| bipo::data::load_pairs_with(p, a.skip_invalid_rows))
+        .transpose()?;
+    for s in train
+        .skipped
+        .iter()
+        .chain(test.iter().flat_map(|t| t.skipped.iter()))
+    {
+        eprintln!("skipped {s}");
+    }
+    let lm = a.model.load()?;
+    if cfg.layer >= lm.model.num_layers() {
+        anyhow::bail!(
+            "invalid --layer {}: the model has {} layers (0..{})",
+            cfg.layer,
+            lm.model.num_layers(),
+            lm.model.num_layers() - 1
+        );
+    }
+    let template = match &cfg.template {
+        Some(t) => bipo::text::ChatTemplate::builtin(t)?,
+        None => lm
+            .chat_template
+            .clone()
+            .context("the model has no chat template: pass --template llama2|mistral")?,
+    };
+    let model_sha = if lm.path.is_file() {
+        Some(bipo::util::file_sha256(&lm.path)?)
+    } else {
+        None
+    };
+    let record = serde_json::json!({
+        "tool": format!("bipo {}", env!("CARGO_PKG_VERSION")),
+        "method": "bipo",
+        "config": &cfg,
+        "model": { "source": &lm.model.info.source, "family": &lm.model.info.family, "sha256": &model_sha, "weights": &lm.model.info.weights },
+        "data": { "path": &a.data, "sha256": &train.sha256, "format": train.format, "pairs": train.pairs.len(), "skipped": &train.skipped },
+        "test": test.as_ref().map(|t| serde_json::json!({ "path": &a.test, "sha256": &t.sha256, "pairs": t.pairs.len() })),
+    });
+    bipo::train::trainer::write_run_record(&a.out, &record)?;
+    let prep = |pairs: &[bipo::data::PreferencePair], what: &str| -> Result<Prepared> {
+        let ex = tokenize(pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
+        let pb = bar(
+            ex.len() as u64,
+            &format!(
+                "{{spinner}} caching layer {} states ({what}) [{{bar:30}}] {{pos}}/{{len}} {{eta}}",
+                cfg.layer
+            ),
+        );
+        let p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |done, _| {
+            pb.set_position(done as u64)
+        })?;
+        pb.finish_and_clear();
+        Ok(p)
+    };
+    let train_p = prep(&train.pairs, "train")?;
+    let test_p = test.as_ref().map(|t| prep(&t.pairs, "test")).transpose()?;
+    if !train_p.is_cached() {
+        eprintln!(
+            "note: layer-{} states exceed --cache-mb {}; recomputing them every step",
+            cfg.layer, cfg.cache_mb
+        );
+    }
+    let stem = a
+        .data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let meta = VectorMeta {
+        name: format!("bipo-{stem}-L{}", cfg.layer),
+        model: Some(format!(
+            "{} {}",
+            lm.model.info.source,
+            model_sha
+                .as_deref()
+                .map(|s| format!("sha256:{s}"))
+                .unwrap_or_default()
+        )),
+        method: Some("bipo".into()),
+        extra: [
+            ("config".to_string(), serde_json::to_string(&cfg)?),
+            ("data_sha256".to_string(), train.sha256.clone()),
+        ]
+        .into(),
+    };
+    let trainer = Trainer {
+        cfg: cfg.clone(),
+        train: &train_p,
+        test: test_p.as_ref(),
+        out_dir: a.out.clone(),
+        meta,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // First Ctrl-C: finish the step and write a checkpoint. Second: exit now.
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\nstopping after this step; a checkpoint will be written (Ctrl-C again to abort)"
+            );
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+    let per_epoch = cfg.steps_per_epoch(train_p.len());
+    let total = cfg
+        .max_steps
+        .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
+    let pb = bar(
+        total as u64,
+        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+    );
+    let outcome = trainer.run(a.resume, &stop, |ev| match ev {
+        Event::Step(m) => {
+            pb.set_position(m.step as u64 + 1);
+            pb.set_message(format!(
+                "epoch {} loss {:.4} acc {:.2} |v| {:.3}",
+                m.epoch + 1,
+                m.loss,
+                m.accuracy,
+                m.vector_norm
+            ));
+        }
+        Event::Epoch(e) => {
+            let test = match (e.test_loss_plus, e.test_loss_minus, e.test_margin_plus) {
+                (Some(p), Some(m), Some(g)) => {
+                    format!(", test loss +v {p:.4} -v {m:.4}, test margin +v {g:+.4}")
+                }
+                _ => String::new(),
+            };
+            pb.println(format!(
+                "epoch {}: train loss {:.4}{test}",
+                e.epoch + 1,
+                e.train_loss
+            ));
+        }
+    })?;
+    pb.finish_and_clear();
+    let path = a.out.join(bipo::train::trainer::VECTOR_FILE);
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted at step {}; resume with --resume. Vector so far: {}",
+            outcome.steps,
+            path.display()
+        );
+        std::process::exit(130);
+    }
+    eprintln!(
+        "trained {} steps; vector: {}",
+        outcome.steps,
+        path.display()
+    );
+    if let Some(test) = &test_p {
+        // The held-out preference margin must rise with the multiplier.
+        let v = candle_core::Tensor::new(
+            outcome.vector.layers[&cfg.layer].as_slice(),
+            lm.model.device(),
+        )?;
+        let mut rows = Vec::new();
+        for m in MARGIN_MULTIPLIERS {
+            let margin = test.mean_margin(&v, m, cfg.batch_size)?;
+            eprintln!(
+                "test mean log-prob margin (matching - opposite) at multiplier {m:+}: {margin:.4}"
+            );
+            rows.push(serde_json::json!({"multiplier": m, "mean_margin": margin}));
+        }
+        bipo::util::write_atomic(
+            &a.out.join("test-margins.json"),
+            serde_json::to_string_pretty(&rows)?.as_bytes(),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! bipo's own vector files: safetensors with one F32 tensor `layer.N` per steered
+//! layer (N = 0-based block whose output is steered) and the [`VectorMeta`] as JSON in
+//! the header's `__metadata__` under `bipo.meta`. Loads without the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+use crate::vector::{SteeringVector, VectorMeta};
+
+/// `__metadata__` key holding the vector's metadata as JSON.
+pub const META_KEY: &str = "bipo.meta";
+/// `__metadata__` key naming this layout and its version.
+pub const FORMAT_KEY: &str = "bipo.format";
+pub const FORMAT: &str = "bipo-steering-vector/1";
+
+/// Writes `v` to `path` atomically (temporary file, then rename).
+pub fn write(v: &SteeringVector, path: &Path) -> Result<()> {
+    v.validate()?;
+    let bytes: Vec<(String, Vec<u8>, usize)> = v
+        .layers
+        .iter()
+        .map(|(l, d)| {
+            (
+                format!("layer.{l}"),
+                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                d.len(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, b, len)| {
+            Ok((
+                n.clone(),
+                TensorView::new(Dtype::F32, vec![*len], b)
+                    .map_err(|e| Error::invalid("vector", e.to_string()))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let meta = HashMap::from([
+        (FORMAT_KEY.to_string(), FORMAT.to_string()),
+        (
+            META_KEY.to_string(),
+            serde_json::to_string(&v.meta).expect("metadata serialises"),
+        ),
+    ]);
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::invalid("vector", e.to_string()))?;
+    crate::util::write_atomic(path, &data)
+}
+
+/// Reads a vector written by [`write`] (or any safetensors file of 1-D F32 tensors
+/// named `layer.N`).
+pub fn read(path: &Path) -> Result<SteeringVector> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&data)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&data)
+        .map_err(|e| Error::bad_file(path, format!("corrupt safetensors: {e}")))?;
+    let mut layers = BTreeMap::new();
+    for (name, t) in st.tensors() {
+        let layer: usize = name
+            .strip_prefix("layer.")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                Error::bad_file(path, format!("tensor `{name}` is not named layer.N"))
+            })?;
+        if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "tensor `{name}` is {:?} {:?}, expected 1-D F32",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
+        }
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        layers.insert(layer, v);
+    }
+    if layers.is_empty() {
+        return Err(Error::bad_file(path, "no `layer.N` tensors"));
+    }
+    let mut meta: VectorMeta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| Error::bad_file(path, format!("bad {META_KEY}: {e}")))?,
+        None => VectorMeta::default(),
+    };
+    if meta.name.is_empty() {
+        meta.name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    let v = SteeringVector { layers, meta };
+    v.validate()
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    Ok(v)
+}

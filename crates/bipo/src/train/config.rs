@@ -1,0 +1,158 @@
+//! Training configuration: every default is a named constant (the BiPO paper's and its
+//! released code's values), every field settable from a TOML file or a flag.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_LR: f64 = 5e-4;
+pub const DEFAULT_BETA: f64 = 0.1;
+pub const DEFAULT_BATCH_SIZE: usize = 4;
+pub const DEFAULT_EPOCHS: usize = 20;
+pub const DEFAULT_WARMUP_STEPS: usize = 100;
+pub const DEFAULT_WEIGHT_DECAY: f64 = 0.05;
+pub const DEFAULT_ADAM_BETA1: f64 = 0.9;
+pub const DEFAULT_ADAM_BETA2: f64 = 0.999;
+pub const DEFAULT_ADAM_EPS: f64 = 1e-8;
+pub const DEFAULT_GRAD_CLIP: f64 = 1.0;
+pub const DEFAULT_SEED: u64 = 0;
+/// Memory for cached layer-L states; beyond it they are recomputed every step.
+pub const DEFAULT_CACHE_MB: usize = 8192;
+
+/// Everything that determines a BiPO run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// 0-based decoder block whose output is steered.
+    pub layer: usize,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (the schedule still spans `epochs`).
+    pub max_steps: Option<usize>,
+    pub lr: f64,
+    pub beta: f64,
+    pub batch_size: usize,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Gradient-norm clipping threshold.
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// System prompt for the chat template.
+    pub system: Option<String>,
+    /// Built-in template (`llama2`, `mistral`) instead of the model's own.
+    pub template: Option<String>,
+    pub cache_mb: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            layer: 15,
+            epochs: DEFAULT_EPOCHS,
+            max_steps: None,
+            lr: DEFAULT_LR,
+            beta: DEFAULT_BETA,
+            batch_size: DEFAULT_BATCH_SIZE,
+            warmup_steps: DEFAULT_WARMUP_STEPS,
+            weight_decay: DEFAULT_WEIGHT_DECAY,
+            adam_beta1: DEFAULT_ADAM_BETA1,
+            adam_beta2: DEFAULT_ADAM_BETA2,
+            adam_eps: DEFAULT_ADAM_EPS,
+            grad_clip: DEFAULT_GRAD_CLIP,
+            seed: DEFAULT_SEED,
+            system: None,
+            template: None,
+            cache_mb: DEFAULT_CACHE_MB,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; missing keys keep their defaults, unknown keys are errors.
+    pub fn from_toml(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))
+    }
+
+    /// Checks ranges; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |name: &str, x: f64| {
+            if x > 0.0 && x.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::invalid(name, format!("{x} (must be > 0)")))
+            }
+        };
+        pos("lr", self.lr)?;
+        pos("beta", self.beta)?;
+        pos("adam_eps", self.adam_eps)?;
+        pos("grad_clip", self.grad_clip)?;
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(Error::invalid("batch_size/epochs", "must be >= 1"));
+        }
+        for (n, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::invalid(n, format!("{b} (must be in [0, 1))")));
+            }
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::invalid(
+                "weight_decay",
+                format!("{} (must be >= 0)", self.weight_decay),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Steps per epoch for `n` pairs.
+    pub fn steps_per_epoch(&self, n: usize) -> usize {
+        n.div_ceil(self.batch_size)
+    }
+
+    /// Learning rate at 0-based step `step` of `total`: linear warm-up, then cosine
+    /// decay to 0 at the last configured step.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_linearly_then_decays_to_zero() {
+        let c = TrainConfig {
+            warmup_steps: 10,
+            ..Default::default()
+        };
+        assert!((c.lr_at(0, 110) - c.lr / 10.0).abs() < 1e-12);
+        assert!((c.lr_at(9, 110) - c.lr).abs() < 1e-12);
+        assert!((c.lr_at(60, 110) - c.lr * 0.5).abs() < 1e-9);
+        assert!(c.lr_at(109, 110) < c.lr * 0.001);
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "layer = 13\nlr = 0.001\n").unwrap();
+        let c = TrainConfig::from_toml(&p).unwrap();
+        assert_eq!((c.layer, c.lr, c.beta), (13, 0.001, DEFAULT_BETA));
+        std::fs::write(&p, "layr = 13\n").unwrap();
+        assert!(TrainConfig::from_toml(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("layr"));
+    }
+}

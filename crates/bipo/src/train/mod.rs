@@ -1,0 +1,9 @@
+//! Training steering vectors.
+
+pub mod bipo;
+pub mod config;
+pub mod ops;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{Event, Trainer};

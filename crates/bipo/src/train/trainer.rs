@@ -1,0 +1,328 @@
+//! The BiPO training loop: AdamW on the vector only, warm-up + cosine schedule,
+//! gradient clipping, a seeded direction per step, per-step metrics, a checkpoint and
+//! a vector file after every epoch, exact resume, and a clean stop on request.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::bipo::Prepared;
+use super::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::vector::{SteeringVector, VectorMeta};
+
+/// File names inside the output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const VECTOR_FILE: &str = "vector.safetensors";
+pub const RUN_FILE: &str = "run.json";
+
+/// Metrics of one optimizer step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f32,
+    pub d: f32,
+    /// Mean beta * (matching margin - opposite margin) over the batch.
+    pub reward_margin: f32,
+    /// Fraction of pairs the current vector ranks the right way for direction d.
+    pub accuracy: f32,
+    pub grad_norm: f32,
+    pub vector_norm: f32,
+    pub lr: f64,
+}
+
+/// Metrics after one epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub train_loss: f32,
+    /// Held-out BiPO loss with +v and with -v (when a test set is given).
+    pub test_loss_plus: Option<f32>,
+    pub test_loss_minus: Option<f32>,
+    /// Held-out mean beta-scaled margin at +v (higher = behaviour more likely).
+    pub test_margin_plus: Option<f32>,
+}
+
+/// Progress reports for the caller.
+pub enum Event<'a> {
+    Step(&'a StepMetrics),
+    Epoch(&'a EpochMetrics),
+}
+
+/// Everything needed to continue a run exactly.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub step: usize,
+    pub vector: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub config: TrainConfig,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub vector: SteeringVector,
+    pub steps: usize,
+    pub interrupted: bool,
+}
+
+/// A seed for (run seed, stream, index) so each epoch's order and each step's
+/// direction can be recomputed on resume without saving RNG state (SplitMix64).
+fn mix(seed: u64, stream: u64, index: u64) -> u64 {
+    let mut z = seed
+        ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+const STREAM_ORDER: u64 = 1;
+const STREAM_DIRECTION: u64 = 2;
+
+/// Pair order of 0-based `epoch`.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(mix(
+        seed,
+        STREAM_ORDER,
+        epoch as u64,
+    )));
+    order
+}
+
+/// Direction d in {-1, +1} of 0-based `step`.
+pub fn step_direction(seed: u64, step: usize) -> f32 {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed, STREAM_DIRECTION, step as u64));
+    if rng.random_bool(0.5) {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+fn norm(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// Mean held-out loss and margin at direction d, without gradients.
+pub fn evaluate(p: &Prepared, v: &Tensor, d: f32, cfg: &TrainConfig) -> Result<(f32, f32)> {
+    let (mut loss, mut margin, mut n) = (0f64, 0f64, 0usize);
+    let idx: Vec<usize> = (0..p.len()).collect();
+    for chunk in idx.chunks(cfg.batch_size) {
+        let out = p.loss(chunk, &v.detach(), d, cfg.beta as f32)?;
+        loss += out.loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+        margin += out.margins.iter().map(|&m| m as f64).sum::<f64>();
+        n += chunk.len();
+    }
+    Ok(((loss / n as f64) as f32, (margin / n as f64) as f32))
+}
+
+/// The training run.
+pub struct Trainer<'a, 'm> {
+    pub cfg: TrainConfig,
+    pub train: &'a Prepared<'m>,
+    pub test: Option<&'a Prepared<'m>>,
+    pub out_dir: PathBuf,
+    /// Metadata copied into every saved vector.
+    pub meta: VectorMeta,
+}
+
+impl Trainer<'_, '_> {
+    fn save_vector(&self, v: &[f32], file: &str) -> Result<SteeringVector> {
+        let sv = SteeringVector::single(self.cfg.layer, v.to_vec(), self.meta.clone());
+        crate::io::safetensors::write(&sv, &self.out_dir.join(file))?;
+        Ok(sv)
+    }
+
+    fn save_checkpoint(&self, ck: &Checkpoint) -> Result<()> {
+        let json = serde_json::to_vec(ck).expect("checkpoint serialises");
+        crate::util::write_atomic(&self.out_dir.join(CHECKPOINT_FILE), &json)
+    }
+
+    /// Loads the checkpoint in the output folder, refusing one made with another config.
+    pub fn load_checkpoint(&self) -> Result<Checkpoint> {
+        let p = self.out_dir.join(CHECKPOINT_FILE);
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let ck: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, e.to_string()))?;
+        let same = TrainConfig {
+            max_steps: self.cfg.max_steps,
+            ..ck.config.clone()
+        } == self.cfg;
+        if !same {
+            return Err(Error::bad_file(
+                &p,
+                "was written with a different training config; cannot resume",
+            ));
+        }
+        Ok(ck)
+    }
+
+    /// Runs from step 0, or from the checkpoint when `resume` is set, until the last
+    /// step, `max_steps`, or `stop` being raised (then a checkpoint is written).
+    pub fn run(
+        &self,
+        resume: bool,
+        stop: &AtomicBool,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Outcome> {
+        let cfg = &self.cfg;
+        cfg.validate()?;
+        std::fs::create_dir_all(&self.out_dir).map_err(|e| Error::io(&self.out_dir, e))?;
+        let n = self.train.len();
+        let per_epoch = cfg.steps_per_epoch(n);
+        let total = per_epoch * cfg.epochs;
+        let last = cfg.max_steps.map_or(total, |m| m.min(total));
+        let (mut step, mut v, mut m1, mut m2) = if resume {
+            let ck = self.load_checkpoint()?;
+            (ck.step, ck.vector, ck.adam_m, ck.adam_v)
+        } else {
+            let zeros = super::bipo::zeros_like_model(self.train)?;
+            (0, zeros.clone(), zeros.clone(), zeros)
+        };
+        let metrics_path = self.out_dir.join(METRICS_FILE);
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resume)
+            .write(true)
+            .truncate(!resume)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let mut log = |line: serde_json::Value| -> Result<()> {
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))
+        };
+        let dev = self.train.device().clone();
+        let mut interrupted = false;
+        let mut epoch_loss = (0f64, 0usize);
+        while step < last {
+            if stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+            let epoch = step / per_epoch;
+            let k = step % per_epoch;
+            let order = epoch_order(cfg.seed, epoch, n);
+            let batch = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(n)];
+            let d = step_direction(cfg.seed, step);
+            let var = Var::from_tensor(&Tensor::new(v.as_slice(), &dev)?)?;
+            let out = self
+                .train
+                .loss(batch, var.as_tensor(), d, cfg.beta as f32)?;
+            let loss = out.loss.to_scalar::<f32>()?;
+            if !loss.is_finite() {
+                return Err(Error::invalid(
+                    "training",
+                    format!(
+                        "loss became {loss} at step {step}; the last good checkpoint is kept in {}",
+                        self.out_dir.display()
+                    ),
+                ));
+            }
+            let mut g: Vec<f32> = out
+                .loss
+                .backward()?
+                .get(&var)
+                .map(|g| g.to_vec1())
+                .transpose()?
+                .unwrap_or_else(|| vec![0.0; v.len()]);
+            let grad_norm = norm(&g);
+            if grad_norm as f64 > cfg.grad_clip {
+                let s = (cfg.grad_clip / (grad_norm as f64 + 1e-6)) as f32;
+                g.iter_mut().for_each(|x| *x *= s);
+            }
+            // AdamW (decoupled weight decay), bias-corrected, as torch.optim.AdamW.
+            let lr = cfg.lr_at(step, total);
+            let t = (step + 1) as i32;
+            let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            for i in 0..v.len() {
+                let gi = g[i] as f64;
+                let mut p = v[i] as f64 * (1.0 - lr * cfg.weight_decay);
+                let m = b1 * m1[i] as f64 + (1.0 - b1) * gi;
+                let s = b2 * m2[i] as f64 + (1.0 - b2) * gi * gi;
+                p -= lr * (m / c1) / ((s / c2).sqrt() + cfg.adam_eps);
+                (v[i], m1[i], m2[i]) = (p as f32, m as f32, s as f32);
+            }
+            let accuracy = out.margins.iter().filter(|&&m| m * d > 0.0).count() as f32
+                / out.margins.len() as f32;
+            let sm = StepMetrics {
+                step,
+                epoch,
+                loss,
+                d,
+                reward_margin: out.margins.iter().sum::<f32>() / out.margins.len() as f32,
+                accuracy,
+                grad_norm,
+                vector_norm: norm(&v),
+                lr,
+            };
+            log(serde_json::json!({"type": "step", "metrics": &sm}))?;
+            on_event(Event::Step(&sm));
+            epoch_loss = (epoch_loss.0 + loss as f64, epoch_loss.1 + 1);
+            step += 1;
+            if step % per_epoch == 0 || step == last {
+                let e = (step - 1) / per_epoch;
+                let vt = Tensor::new(v.as_slice(), &dev)?;
+                let (mut tp, mut tm, mut mp) = (None, None, None);
+                if let Some(test) = self.test {
+                    let (lp, marg) = evaluate(test, &vt, 1.0, cfg)?;
+                    tp = Some(lp);
+                    mp = Some(marg);
+                    tm = Some(evaluate(test, &vt, -1.0, cfg)?.0);
+                }
+                let em = EpochMetrics {
+                    epoch: e,
+                    step,
+                    train_loss: (epoch_loss.0 / epoch_loss.1.max(1) as f64) as f32,
+                    test_loss_plus: tp,
+                    test_loss_minus: tm,
+                    test_margin_plus: mp,
+                };
+                epoch_loss = (0.0, 0);
+                log(serde_json::json!({"type": "epoch", "metrics": &em}))?;
+                on_event(Event::Epoch(&em));
+                self.save_vector(&v, &format!("epoch-{}.safetensors", e + 1))?;
+                self.save_vector(&v, VECTOR_FILE)?;
+                self.save_checkpoint(&Checkpoint {
+                    step,
+                    vector: v.clone(),
+                    adam_m: m1.clone(),
+                    adam_v: m2.clone(),
+                    config: cfg.clone(),
+                })?;
+            }
+        }
+        if interrupted {
+            self.save_checkpoint(&Checkpoint {
+                step,
+                vector: v.clone(),
+                adam_m: m1,
+                adam_v: m2,
+                config: cfg.clone(),
+            })?;
+        }
+        let vector = self.save_vector(&v, VECTOR_FILE)?;
+        Ok(Outcome {
+            vector,
+            steps: step,
+            interrupted,
+        })
+    }
+}
+
+/// Writes the run record (config, model and data identity) beside the output.
+pub fn write_run_record(out_dir: &Path, record: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let bytes = serde_json::to_vec_pretty(record).expect("record serialises");
+    crate::util::write_atomic(&out_dir.join(RUN_FILE), &bytes)
+}

@@ -1,0 +1,156 @@
+//! The BiPO loss: autograd gradient against finite differences on a tiny random model,
+//! and the cached fast path against the plain reference computation.
+
+mod common;
+
+use bipo::models::random::{random_model, tiny_config};
+use bipo::train::bipo::{Example, Prepared};
+use candle_core::{Tensor, Var};
+
+/// Budget large enough to cache every prefix in these tests.
+const ALL: usize = 1 << 30;
+
+fn tiny_examples() -> Vec<Example> {
+    vec![
+        Example {
+            prompt: vec![1, 5, 9, 12],
+            responses: [vec![20, 21, 2], vec![30, 2]],
+        },
+        Example {
+            prompt: vec![1, 7, 7],
+            responses: [vec![40, 41, 42, 2], vec![50, 51, 2]],
+        },
+        Example {
+            prompt: vec![1, 3, 4, 5, 6],
+            responses: [vec![60, 2], vec![70, 71, 72, 2]],
+        },
+    ]
+}
+
+fn loss_at(p: &Prepared, v: &[f32], d: f32) -> f64 {
+    let t = Tensor::new(v, &candle_core::Device::Cpu).unwrap();
+    p.loss(&[0, 1, 2], &t, d, 0.1)
+        .unwrap()
+        .loss
+        .to_scalar::<f32>()
+        .unwrap() as f64
+}
+
+#[test]
+fn autograd_gradient_matches_central_finite_differences() {
+    let m = random_model(tiny_config(), 21, None).unwrap();
+    let p = Prepared::new(&m, 0, tiny_examples(), ALL, |_, _| {}).unwrap();
+    // A non-zero point, so the loss is not at its symmetric value log 2.
+    let v0: Vec<f32> = (0..m.hidden_size())
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
+        .collect();
+    for d in [1.0f32, -1.0] {
+        let var = Var::from_tensor(&Tensor::new(v0.as_slice(), m.device()).unwrap()).unwrap();
+        let out = p.loss(&[0, 1, 2], var.as_tensor(), d, 0.1).unwrap();
+        let grad: Vec<f32> = out
+            .loss
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Central differences on a few coordinates; h balances truncation and f32 rounding.
+        let h = 1e-2f32;
+        let mut worst = 0f64;
+        for i in [0, 7, 21, 40, 63] {
+            let (mut a, mut b) = (v0.clone(), v0.clone());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (loss_at(&p, &a, d) - loss_at(&p, &b, d)) / (2.0 * h as f64);
+            let scale = grad.iter().map(|g| g.abs() as f64).fold(0.0, f64::max);
+            worst = worst.max((fd - grad[i] as f64).abs() / scale);
+        }
+        // Tolerance: 2% of the largest gradient component (f32 loss, h = 1e-2).
+        assert!(
+            worst < 2e-2,
+            "d={d}: finite differences differ by {worst} of the gradient scale"
+        );
+    }
+}
+
+#[test]
+fn loss_at_the_zero_vector_is_log_two_for_both_directions() {
+    let m = random_model(tiny_config(), 22, None).unwrap();
+    let p = Prepared::new(&m, 1, tiny_examples(), ALL, |_, _| {}).unwrap();
+    let z = vec![0f32; m.hidden_size()];
+    for d in [1.0, -1.0] {
+        assert!((loss_at(&p, &z, d) - std::f64::consts::LN_2).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn cached_and_uncached_prefixes_give_the_same_loss() {
+    let m = random_model(tiny_config(), 23, None).unwrap();
+    let cached = Prepared::new(&m, 1, tiny_examples(), ALL, |_, _| {}).unwrap();
+    let uncached = Prepared::new(&m, 1, tiny_examples(), 0, |_, _| {}).unwrap();
+    assert!(cached.is_cached() && !uncached.is_cached());
+    let v: Vec<f32> = (0..m.hidden_size())
+        .map(|i| (i as f32).sin() * 0.3)
+        .collect();
+    let (a, b) = (loss_at(&cached, &v, 1.0), loss_at(&uncached, &v, 1.0));
+    assert!((a - b).abs() < 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+}
+
+#[test]
+fn cached_training_loss_and_gradient_equal_the_plain_full_forward_on_the_default_model() {
+    let lm = bipo::load::load(
+        common::default_model().to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let pairs = bipo::data::load_pairs_with(
+        &common::root().join("../shared/data/bipo/power-seeking/train.csv"),
+        true,
+    )
+    .unwrap();
+    let template = lm.chat_template.clone().unwrap();
+    let ex =
+        bipo::train::bipo::tokenize(&pairs.pairs[..4], &lm.tokenizer, &template, None).unwrap();
+    let p = Prepared::new(&lm.model, 15, ex, ALL, |_, _| {}).unwrap();
+    let v0: Vec<f32> = (0..lm.model.hidden_size())
+        .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.02)
+        .collect();
+    let idx = [0, 1, 2, 3];
+    for d in [1.0f32, -1.0] {
+        let run = |plain: bool| {
+            let var =
+                Var::from_tensor(&Tensor::new(v0.as_slice(), lm.model.device()).unwrap()).unwrap();
+            let out = if plain {
+                p.loss_plain(&idx, var.as_tensor(), d, 0.1)
+            } else {
+                p.loss(&idx, var.as_tensor(), d, 0.1)
+            }
+            .unwrap();
+            let loss = out.loss.to_scalar::<f32>().unwrap();
+            let g: Vec<f32> = out
+                .loss
+                .backward()
+                .unwrap()
+                .get(&var)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (loss, g)
+        };
+        let ((l1, g1), (l2, g2)) = (run(false), run(true));
+        let rel = ((l1 - l2) / l2).abs();
+        assert!(
+            rel < 1e-4,
+            "d={d}: loss {l1} vs plain {l2} (relative {rel})"
+        );
+        let norm = |g: &[f32]| g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let diff: Vec<f32> = g1.iter().zip(&g2).map(|(a, b)| a - b).collect();
+        let grel = norm(&diff) / norm(&g2);
+        assert!(
+            grel < 1e-4,
+            "d={d}: gradient differs by {grel} (relative norm)"
+        );
+        eprintln!("d={d}: loss {l1} vs {l2}, gradient relative difference {grel:.2e}");
+    }
+}
