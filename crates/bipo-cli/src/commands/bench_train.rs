@@ -29,6 +29,42 @@ pub struct Args {
     /// Skip the reference algorithm.
     #[arg(long)]
     no_reference: bool,
+    /// Also time one forward+backward of a 4x128-token batch through blocks layer+1..
+    /// and the head (every position), the figure other implementations report.
+    #[arg(long)]
+    block: bool,
+}
+
+/// Batch shape of the block benchmark.
+const BLOCK_BATCH: (usize, usize) = (4, 128);
+
+/// One forward+backward of random layer-L states (4, 128, hidden) plus a trainable
+/// vector through blocks L+1.. and the head at every position.
+fn block_step(lm: &bipo::load::LoadedModel, layer: usize) -> Result<f64> {
+    use bipo::models::Mode;
+    let m = &lm.model;
+    let (b, t) = BLOCK_BATCH;
+    let dev = m.device();
+    let hs = Tensor::randn(0f32, 1.0, (b, t, m.hidden_size()), dev)?;
+    let targets: Vec<u32> = (0..b * t)
+        .map(|i| (i * 7919 % m.config().vocab_size) as u32)
+        .collect();
+    let var = Var::zeros(m.hidden_size(), candle_core::DType::F32, dev)?;
+    let start = Instant::now();
+    let xs = hs.broadcast_add(var.as_tensor())?;
+    let xs = m.run_blocks(
+        &xs,
+        layer + 1..m.num_layers(),
+        0,
+        None,
+        &bipo::steer::Steering::none(),
+        Mode::Differentiable,
+    )?;
+    let xs = m.final_norm(&xs.reshape((b * t, m.hidden_size()))?, Mode::Differentiable)?;
+    let logits = m.lm_head(&xs, Mode::Differentiable)?;
+    let lp = bipo::train::ops::log_softmax_gather(&logits, &targets)?;
+    let _ = lp.sum_all()?.backward()?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -79,6 +115,12 @@ pub fn run(a: Args) -> Result<()> {
         candle_core::utils::get_num_threads()
     );
     println!("bipo: prepare (blocks 0..={} + reference log-probs, once) {prep:.1} s; step {fast:.3} s (median of {}); epoch {:.0} s", a.layer, a.steps, prep + fast * steps_per_epoch as f64);
+    if a.block {
+        let ts = (0..a.steps)
+            .map(|_| block_step(&lm, a.layer))
+            .collect::<Result<Vec<_>>>()?;
+        println!("one forward+backward of a {}x{} batch through blocks {}..{} and the head: {:.3} s (median of {})", BLOCK_BATCH.0, BLOCK_BATCH.1, a.layer + 1, lm.model.num_layers() - 1, median(ts), a.steps);
+    }
     if !a.no_reference {
         let plain = time(true)?;
         println!(

@@ -28,6 +28,12 @@ pub enum Mode {
     Differentiable,
 }
 
+/// Whether the fused CPU ops with hand-written backward apply (f32 on CPU); other
+/// devices and dtypes use elementary ops.
+fn cpu_f32(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
 /// Hyper-parameters of the shared decoder, filled in by each family's `Config`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DecoderConfig {
@@ -169,6 +175,9 @@ impl RmsNorm {
                 &self.weight,
                 self.eps as f32,
             )?),
+            Mode::Differentiable if cpu_f32(xs) => {
+                crate::train::fused::rms_norm(xs, &self.weight, self.eps)
+            }
             Mode::Differentiable => {
                 // Accumulate in f32 like the fused op, whatever the model dtype.
                 let dtype = xs.dtype();
@@ -236,14 +245,14 @@ impl Rope {
         let half = xs.dim(D::Minus1)? / 2;
         let flat = positions.flatten_all()?;
         // (b*t, half) -> (b, 1, t, half), shared by every head
+        if cpu_f32(xs) {
+            let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
+            let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+            return crate::train::fused::rope(xs, &cos, &sin);
+        }
         let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
         let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?;
-        let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
-        let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
-        let x1 = xs.narrow(D::Minus1, 0, half)?;
-        let x2 = xs.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        rope_elementary(xs, &cos, &sin)
     }
 
     /// xs: (b, heads, t, head_dim), rotated as positions pos..pos+t.
@@ -253,16 +262,8 @@ impl Rope {
         let sin = self.sin.narrow(0, pos, t)?;
         match mode {
             Mode::Fast => Ok(candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)?),
-            Mode::Differentiable => {
-                // x * cos + rotate_half(x) * sin, with cos/sin repeated over both halves.
-                let half = xs.dim(D::Minus1)? / 2;
-                let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
-                let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
-                let x1 = xs.narrow(D::Minus1, 0, half)?;
-                let x2 = xs.narrow(D::Minus1, half, half)?;
-                let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-                Ok((xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
-            }
+            Mode::Differentiable if cpu_f32(xs) => crate::train::fused::rope(xs, &cos, &sin),
+            Mode::Differentiable => rope_elementary(xs, &cos, &sin),
         }
     }
 }
@@ -280,6 +281,18 @@ pub struct StepCtx<'a> {
     pub positions: Option<&'a Tensor>,
     pub window: Option<usize>,
     pub mode: Mode,
+}
+
+/// `x * cos + rotate_half(x) * sin` from elementary ops (with backward, any device);
+/// cos/sin hold the half-dimension angles, broadcastable to xs without the last axis.
+fn rope_elementary(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = xs.dim(D::Minus1)? / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let x1 = xs.narrow(D::Minus1, 0, half)?;
+    let x2 = xs.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((xs.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 /// Grouped-query self-attention.
@@ -355,6 +368,7 @@ impl Attention {
         };
         let probs = match mode {
             Mode::Fast => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Differentiable if cpu_f32(&scores) => crate::train::fused::softmax(&scores)?,
             Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
         let out = probs.matmul(&v)?; // (b, kvh, rep*t, hd)
@@ -447,6 +461,12 @@ pub struct Mlp {
 impl Mlp {
     pub fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         let gate = self.gate_proj.forward(xs, mode)?;
+        if mode == Mode::Differentiable && cpu_f32(xs) {
+            let up = self.up_proj.forward(xs, mode)?;
+            return self
+                .down_proj
+                .forward(&crate::train::fused::swiglu(&gate, &up)?, mode);
+        }
         let gate = match mode {
             Mode::Fast => candle_nn::Activation::Silu.forward(&gate)?,
             // silu(x) = x * sigmoid(x) from elementary ops (the fused op has no backward).

@@ -312,7 +312,32 @@ fn rows_dot_avx2(w: &QBlocks, a: &QuantActs, r0: usize, out: &mut [f32], m: usiz
     rows_dot_body(w, a, r0, out, m)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+fn rows_dot_avx512(w: &QBlocks, a: &QuantActs, r0: usize, out: &mut [f32], m: usize) {
+    rows_dot_body(w, a, r0, out, m)
+}
+
+/// Whether the AVX-512 VNNI build of the kernel can run here (checked once; setting
+/// `BIPO_NO_AVX512` forces the AVX2 build, for comparisons).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512_vnni() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::env::var_os("BIPO_NO_AVX512").is_none()
+    })
+}
+
 fn rows_dot(w: &QBlocks, a: &QuantActs, r0: usize, out: &mut [f32], m: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_vnni() {
+        // SAFETY: the CPU supports the features the function was compiled for.
+        return unsafe { rows_dot_avx512(w, a, r0, out, m) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function was compiled for.

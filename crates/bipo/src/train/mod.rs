@@ -2,6 +2,7 @@
 
 pub mod bipo;
 pub mod config;
+pub mod fused;
 pub mod ops;
 pub mod trainer;
 
