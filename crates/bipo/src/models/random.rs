@@ -13,7 +13,7 @@ use super::{Model, ModelInfo};
 use crate::error::Result;
 use crate::load::weights::WeightSource;
 
-/// A 2-layer decoder with grouped-query attention, widths multiple of 32 so every
+/// A 3-layer decoder with grouped-query attention, widths multiple of 32 so every
 /// quantization type applies.
 pub fn tiny_config() -> DecoderConfig {
     DecoderConfig {
@@ -37,9 +37,22 @@ pub fn tiny_config() -> DecoderConfig {
 /// Scale of random weights: keeps activations O(1) through a few layers.
 const WEIGHT_SCALE: f32 = 0.2;
 
-/// A model with weights drawn uniformly from `seed`; `quant` keeps the projection
-/// matrices in that GGUF block type (None = dense f32).
-pub fn random_model(cfg: DecoderConfig, seed: u64, quant: Option<GgmlDType>) -> Result<Model> {
+/// Names of the 2-D projection matrices of one layer with their (out, in) shapes.
+fn projections(cfg: &DecoderConfig) -> [(&'static str, usize, usize); 7] {
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    [
+        ("self_attn.q_proj", cfg.num_heads * hd, h),
+        ("self_attn.k_proj", cfg.num_kv_heads * hd, h),
+        ("self_attn.v_proj", cfg.num_kv_heads * hd, h),
+        ("self_attn.o_proj", h, cfg.num_heads * hd),
+        ("mlp.gate_proj", i, h),
+        ("mlp.up_proj", i, h),
+        ("mlp.down_proj", h, i),
+    ]
+}
+
+/// Dense f32 weights under Hugging Face names, drawn uniformly from `seed`.
+pub fn random_weights(cfg: &DecoderConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
     let dev = Device::Cpu;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut tensor = |shape: &[usize], center: f32| -> Result<Tensor> {
@@ -49,64 +62,59 @@ pub fn random_model(cfg: DecoderConfig, seed: u64, quant: Option<GgmlDType>) -> 
             .collect();
         Ok(Tensor::from_vec(v, shape, &dev)?)
     };
-    let matrix = |t: Tensor| -> Result<Weight> {
-        Ok(match quant {
-            None => Weight::Dense(t),
-            Some(q) => {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let mut w = HashMap::new();
+    w.insert(
+        "model.embed_tokens.weight".to_string(),
+        tensor(&[cfg.vocab_size, h], 0.0)?,
+    );
+    w.insert("model.norm.weight".to_string(), tensor(&[h], 1.0)?);
+    for l in 0..cfg.num_layers {
+        let p = format!("model.layers.{l}");
+        for (name, out, inp) in projections(cfg) {
+            w.insert(format!("{p}.{name}.weight"), tensor(&[out, inp], 0.0)?);
+        }
+        if cfg.attention_bias {
+            let biases = [
+                ("q_proj", cfg.num_heads * hd),
+                ("k_proj", cfg.num_kv_heads * hd),
+                ("v_proj", cfg.num_kv_heads * hd),
+            ];
+            for (name, out) in biases {
+                w.insert(format!("{p}.self_attn.{name}.bias"), tensor(&[out], 0.0)?);
+            }
+        }
+        w.insert(format!("{p}.input_layernorm.weight"), tensor(&[h], 1.0)?);
+        w.insert(
+            format!("{p}.post_attention_layernorm.weight"),
+            tensor(&[h], 1.0)?,
+        );
+    }
+    if !cfg.tie_word_embeddings {
+        w.insert(
+            "lm_head.weight".to_string(),
+            tensor(&[cfg.vocab_size, h], 0.0)?,
+        );
+    }
+    Ok(w)
+}
+
+/// A model with weights from [`random_weights`]; `quant` keeps the 2-D matrices in
+/// that GGUF block type (None = dense f32).
+pub fn random_model(cfg: DecoderConfig, seed: u64, quant: Option<GgmlDType>) -> Result<Model> {
+    let mut w: HashMap<String, Weight> = HashMap::new();
+    for (name, t) in random_weights(&cfg, seed)? {
+        let weight = match quant {
+            Some(q) if t.rank() == 2 => {
                 let qt = QTensor::quantize(&t, q)?;
                 match QBlocks::from_qtensor(&qt)? {
                     Some(b) => Weight::Blocks(Arc::new(b)),
                     None => Weight::Quantized(Arc::new(qt)),
                 }
             }
-        })
-    };
-    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-    let mut w: HashMap<String, Weight> = HashMap::new();
-    w.insert(
-        "model.embed_tokens.weight".into(),
-        matrix(tensor(&[cfg.vocab_size, h], 0.0)?)?,
-    );
-    w.insert(
-        "model.norm.weight".into(),
-        Weight::Dense(tensor(&[h], 1.0)?),
-    );
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", cfg.num_heads * hd, h),
-            ("self_attn.k_proj", cfg.num_kv_heads * hd, h),
-            ("self_attn.v_proj", cfg.num_kv_heads * hd, h),
-            ("self_attn.o_proj", h, cfg.num_heads * hd),
-            ("mlp.gate_proj", i, h),
-            ("mlp.up_proj", i, h),
-            ("mlp.down_proj", h, i),
-        ] {
-            w.insert(
-                format!("{p}.{name}.weight"),
-                matrix(tensor(&[out, inp], 0.0)?)?,
-            );
-        }
-        if cfg.attention_bias {
-            for (name, out) in [
-                ("q_proj", cfg.num_heads * hd),
-                ("k_proj", cfg.num_kv_heads * hd),
-                ("v_proj", cfg.num_kv_heads * hd),
-            ] {
-                w.insert(
-                    format!("{p}.self_attn.{name}.bias"),
-                    Weight::Dense(tensor(&[out], 0.0)?),
-                );
-            }
-        }
-        w.insert(
-            format!("{p}.input_layernorm.weight"),
-            Weight::Dense(tensor(&[h], 1.0)?),
-        );
-        w.insert(
-            format!("{p}.post_attention_layernorm.weight"),
-            Weight::Dense(tensor(&[h], 1.0)?),
-        );
+            _ => Weight::Dense(t),
+        };
+        w.insert(name, weight);
     }
     let info = ModelInfo {
         family: "llama".into(),
@@ -116,5 +124,11 @@ pub fn random_model(cfg: DecoderConfig, seed: u64, quant: Option<GgmlDType>) -> 
         dtype: "f32".into(),
         config: cfg.clone(),
     };
-    Model::build(cfg, &mut WeightSource::Memory(w), info, &dev, DType::F32)
+    Model::build(
+        cfg,
+        &mut WeightSource::Memory(w),
+        info,
+        &Device::Cpu,
+        DType::F32,
+    )
 }

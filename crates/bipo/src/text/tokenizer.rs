@@ -333,3 +333,66 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file::{self, Value};
+
+    /// A SentencePiece ("llama") vocabulary small enough to reason about by hand.
+    fn spm_gguf(dir: &Path) -> GgufFile {
+        let pieces: [(&str, f32, i32); 19] = [
+            ("<unk>", 0.0, 2),
+            ("<s>", 0.0, 3),
+            ("</s>", 0.0, 3),
+            ("<0x0A>", 0.0, 6),
+            ("\u{2581}", -10.0, 1),
+            ("h", -11.0, 1),
+            ("e", -11.0, 1),
+            ("l", -11.0, 1),
+            ("o", -11.0, 1),
+            ("w", -11.0, 1),
+            ("r", -11.0, 1),
+            ("d", -11.0, 1),
+            ("\u{2581}h", -1.0, 1),
+            ("ll", -2.0, 1),
+            ("\u{2581}he", -3.0, 1),
+            ("\u{2581}hell", -4.0, 1),
+            ("\u{2581}hello", -5.0, 1),
+            ("\u{2581}w", -6.0, 1),
+            ("or", -7.0, 1),
+        ];
+        let arr =
+            |f: &dyn Fn(&(&str, f32, i32)) -> Value| Value::Array(pieces.iter().map(f).collect());
+        let meta: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("tokenizer.ggml.model", Value::String("llama".into())),
+            ("tokenizer.ggml.tokens", arr(&|p| Value::String(p.0.into()))),
+            ("tokenizer.ggml.scores", arr(&|p| Value::F32(p.1))),
+            ("tokenizer.ggml.token_type", arr(&|p| Value::I32(p.2))),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(2)),
+            ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
+        ];
+        let refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let p = dir.join("spm.gguf");
+        let mut f = std::fs::File::create(&p).unwrap();
+        gguf_file::write(&mut f, &refs, &[]).unwrap();
+        GgufFile::open(&p).unwrap()
+    }
+
+    #[test]
+    fn sentencepiece_vocabularies_merge_by_score_with_byte_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokenizer::from_gguf(&spm_gguf(dir.path())).unwrap();
+        // "hello" merges all the way by score; "world" has no whole-word piece.
+        let ids = t.encode("hello world\n", true).unwrap();
+        assert_eq!(ids, vec![1, 16, 17, 18, 7, 11, 3]);
+        assert_eq!(t.decode(&ids, true).unwrap(), "hello world\n");
+        assert!(t.adds_bos());
+        assert_eq!(t.eos_token_ids(), &[2]);
+        // Special tokens written in the text are parsed.
+        assert_eq!(t.encode("</s>", false).unwrap(), vec![2]);
+    }
+}
