@@ -47,10 +47,11 @@ fn write_tokenizer(dir: &Path, vocab_size: usize) {
         .unwrap();
     let mut tok = tokenizers::Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    tok.add_special_tokens([
+    let added = tok.add_special_tokens([
         tokenizers::AddedToken::from("<s>", true),
         tokenizers::AddedToken::from("</s>", true),
     ]);
+    assert_eq!(added, 2);
     tok.save(dir.join("tokenizer.json"), false).unwrap();
     let tc = serde_json::json!({
         "bos_token": "<s>",
