@@ -51,7 +51,7 @@ fn write_tokenizer(dir: &Path, vocab_size: usize) {
         tokenizers::AddedToken::from("<s>", true),
         tokenizers::AddedToken::from("</s>", true),
     ]);
-    assert_eq!(added, 2);
+    assert_eq!(added.unwrap(), 2);
     tok.save(dir.join("tokenizer.json"), false).unwrap();
     let tc = serde_json::json!({
         "bos_token": "<s>",
