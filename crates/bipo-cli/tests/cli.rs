@@ -196,3 +196,86 @@ fn logprobs_mode_prints_one_json_object_per_token() {
     assert_eq!(lines[0]["top"].as_array().unwrap().len(), 2);
     assert!(lines[0]["logprob"].as_f64().unwrap() < 0.0);
 }
+
+#[test]
+fn the_happy_vector_round_trips_through_gguf_and_safetensors_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, gg) = (dir.path().join("h.safetensors"), dir.path().join("h.gguf"));
+    let ok = |o: Output| assert!(o.status.success(), "{}", stderr(&o));
+    ok(bipo(&["vector", "convert", &happy(), st.to_str().unwrap()]));
+    ok(bipo(&[
+        "vector",
+        "convert",
+        st.to_str().unwrap(),
+        gg.to_str().unwrap(),
+    ]));
+    let orig = bipo::io::read_vector(Path::new(&happy())).unwrap();
+    for p in [&st, &gg] {
+        assert_eq!(
+            bipo::io::read_vector(p).unwrap().layers,
+            orig.layers,
+            "{}",
+            p.display()
+        );
+    }
+    // Metadata survives GGUF too (bipo.* keys), and the tensors are llama.cpp's.
+    assert_eq!(
+        bipo::io::read_vector(&gg).unwrap().meta,
+        bipo::io::read_vector(&st).unwrap().meta
+    );
+}
+
+#[test]
+fn combine_scale_and_compare_agree_with_arithmetic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (two, sum) = (
+        dir.path().join("two.safetensors"),
+        dir.path().join("sum.gguf"),
+    );
+    assert!(
+        bipo(&["vector", "scale", &happy(), "-2", two.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let spec = format!("{}:3", happy());
+    let o = bipo(&[
+        "vector",
+        "combine",
+        "-o",
+        sum.to_str().unwrap(),
+        &spec,
+        two.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (h, s) = (
+        bipo::io::read_vector(Path::new(&happy())).unwrap(),
+        bipo::io::read_vector(&sum).unwrap(),
+    );
+    for (l, d) in &h.layers {
+        for (a, b) in d.iter().zip(&s.layers[l]) {
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+                "layer {l}: 3h - 2h = {b}, h = {a}"
+            );
+        }
+    }
+    let o = bipo(&["vector", "compare", &happy(), two.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("1:-1.000"), "{out}");
+}
+
+#[test]
+fn a_vector_steering_block_zero_is_not_written_as_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("zero.gguf");
+    write_control_vector(&p, &[0, 3], 576);
+    let out = dir.path().join("out.gguf");
+    let o = bipo(&[
+        "vector",
+        "convert",
+        p.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["direction.0"]);
+    assert!(!out.exists(), "nothing half-written");
+}

@@ -54,6 +54,56 @@ impl SteeringVector {
         out
     }
 
+    /// `sum_i w_i v_i` layer by layer (layers missing from a vector count as zero), e.g.
+    /// the paper's synergy `v_power + v_wealth`. Widths must agree.
+    pub fn combine(parts: &[(&SteeringVector, f32)], meta: VectorMeta) -> Result<Self> {
+        let mut layers: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        let width = parts.iter().find_map(|(v, _)| v.hidden_size());
+        for (v, w) in parts {
+            if v.hidden_size() != width {
+                return Err(Error::VectorMismatch {
+                    name: v.meta.name.clone(),
+                    reason: format!("width {:?} differs from {:?}", v.hidden_size(), width),
+                });
+            }
+            for (l, d) in &v.layers {
+                let acc = layers.entry(*l).or_insert_with(|| vec![0.0; d.len()]);
+                acc.iter_mut().zip(d).for_each(|(a, x)| *a += w * x);
+            }
+        }
+        Ok(Self { layers, meta })
+    }
+
+    /// Every direction scaled to unit L2 norm (zero directions stay zero).
+    pub fn normalized(&self) -> Self {
+        let mut out = self.clone();
+        for d in out.layers.values_mut() {
+            let n = l2(d);
+            if n > 0.0 {
+                d.iter_mut().for_each(|x| *x /= n);
+            }
+        }
+        out
+    }
+
+    /// L2 norm of each layer's direction.
+    pub fn norms(&self) -> BTreeMap<usize, f32> {
+        self.layers.iter().map(|(l, d)| (*l, l2(d))).collect()
+    }
+
+    /// Cosine similarity with `other` on each layer both steer.
+    pub fn cosine(&self, other: &SteeringVector) -> BTreeMap<usize, f32> {
+        self.layers
+            .iter()
+            .filter_map(|(l, a)| {
+                let b = other.layers.get(l)?;
+                let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let n = l2(a) as f64 * l2(b) as f64;
+                Some((*l, if n > 0.0 { (dot / n) as f32 } else { 0.0 }))
+            })
+            .collect()
+    }
+
     /// Checks the vector is internally consistent: non-empty, one width, finite values.
     pub fn validate(&self) -> Result<()> {
         let name = &self.meta.name;
@@ -98,5 +148,42 @@ impl SteeringVector {
             });
         }
         Ok(())
+    }
+}
+
+fn l2(v: &[f32]) -> f32 {
+    v.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(layers: &[(usize, Vec<f32>)]) -> SteeringVector {
+        SteeringVector {
+            layers: layers.iter().cloned().collect(),
+            meta: VectorMeta {
+                name: "t".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn combination_norms_and_cosines_are_layerwise() {
+        let a = v(&[(1, vec![3.0, 4.0]), (2, vec![1.0, 0.0])]);
+        let b = v(&[(2, vec![0.0, 2.0])]);
+        let c = SteeringVector::combine(&[(&a, 1.0), (&b, -0.5)], VectorMeta::default()).unwrap();
+        assert_eq!(c.layers[&1], vec![3.0, 4.0]);
+        assert_eq!(c.layers[&2], vec![1.0, -1.0]);
+        assert_eq!(a.norms()[&1], 5.0);
+        assert_eq!(a.normalized().layers[&1], vec![0.6, 0.8]);
+        assert_eq!(a.cosine(&b), BTreeMap::from([(2, 0.0)]));
+        assert!((a.cosine(&a)[&1] - 1.0).abs() < 1e-6);
+        assert!(SteeringVector::combine(
+            &[(&a, 1.0), (&v(&[(1, vec![1.0])]), 1.0)],
+            VectorMeta::default()
+        )
+        .is_err());
     }
 }

@@ -4,3 +4,4 @@ pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod train;
+pub mod vector;

@@ -1,0 +1,167 @@
+//! `bipo vector`: inspect, convert, scale, combine and compare steering vectors in any
+//! supported format (bipo safetensors, llama.cpp control-vector GGUF).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use bipo::{SteeringVector, VectorMeta};
+use clap::Subcommand;
+
+use crate::args::parse_vector_spec;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Layers, width, norms and metadata of a vector file.
+    Info { file: PathBuf },
+    /// Rewrite a vector in the format named by OUT's extension (.gguf or .safetensors).
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        /// `controlvector.model_hint` for GGUF output (llama.cpp's architecture name).
+        #[arg(long, default_value = "llama")]
+        model_hint: String,
+    },
+    /// Multiply every direction by K.
+    Scale {
+        input: PathBuf,
+        #[arg(allow_negative_numbers = true)]
+        k: f32,
+        output: PathBuf,
+        #[arg(long, default_value = "llama")]
+        model_hint: String,
+    },
+    /// Weighted sum of vectors: `-o OUT A.gguf:1 B.safetensors:0.5`.
+    Combine {
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(required = true, value_name = "FILE[:WEIGHT]")]
+        inputs: Vec<String>,
+        #[arg(long, default_value = "llama")]
+        model_hint: String,
+    },
+    /// Per-layer norms and pairwise cosine similarities.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn write(v: &SteeringVector, path: &Path, hint: &str) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => bipo::io::controlvector::write(v, hint, path)?,
+        Some("safetensors") => bipo::io::safetensors::write(v, path)?,
+        _ => bail!(
+            "{}: choose the output format with a .gguf or .safetensors extension",
+            path.display()
+        ),
+    }
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    match a.cmd {
+        Cmd::Info { file } => {
+            let v = bipo::io::read_vector(&file)?;
+            println!("name:    {}", v.meta.name);
+            println!("method:  {}", v.meta.method.as_deref().unwrap_or("unknown"));
+            println!("model:   {}", v.meta.model.as_deref().unwrap_or("unknown"));
+            println!("width:   {}", v.hidden_size().unwrap_or(0));
+            println!(
+                "layers:  {}",
+                v.layers
+                    .keys()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            for (l, n) in v.norms() {
+                println!("  layer {l:>3}  norm {n:.4}");
+            }
+            for (k, val) in &v.meta.extra {
+                println!("{k}: {val}");
+            }
+        }
+        Cmd::Convert {
+            input,
+            output,
+            model_hint,
+        } => write(&bipo::io::read_vector(&input)?, &output, &model_hint)?,
+        Cmd::Scale {
+            input,
+            k,
+            output,
+            model_hint,
+        } => {
+            write(
+                &bipo::io::read_vector(&input)?.scaled(k),
+                &output,
+                &model_hint,
+            )?;
+        }
+        Cmd::Combine {
+            output,
+            inputs,
+            model_hint,
+        } => {
+            let parts = inputs
+                .iter()
+                .map(|s| {
+                    let (p, w) = parse_vector_spec(s)?;
+                    Ok((bipo::io::read_vector(&p)?, w))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let refs: Vec<(&SteeringVector, f32)> = parts.iter().map(|(v, w)| (v, *w)).collect();
+            let name = output
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let meta = VectorMeta {
+                name,
+                method: Some(format!("combination of {}", inputs.join(" + "))),
+                ..Default::default()
+            };
+            write(&SteeringVector::combine(&refs, meta)?, &output, &model_hint)?;
+        }
+        Cmd::Compare { files } => {
+            let vs = files
+                .iter()
+                .map(|f| bipo::io::read_vector(f))
+                .collect::<bipo::Result<Vec<_>>>()?;
+            for (f, v) in files.iter().zip(&vs) {
+                let norms: Vec<String> = v
+                    .norms()
+                    .iter()
+                    .map(|(l, n)| format!("{l}:{n:.3}"))
+                    .collect();
+                println!("{}  norms {}", f.display(), norms.join(" "));
+            }
+            for i in 0..vs.len() {
+                for j in i + 1..vs.len() {
+                    let cos: Vec<String> = vs[i]
+                        .cosine(&vs[j])
+                        .iter()
+                        .map(|(l, c)| format!("{l}:{c:+.3}"))
+                        .collect();
+                    let shown = if cos.is_empty() {
+                        "no common layers".to_string()
+                    } else {
+                        cos.join(" ")
+                    };
+                    println!(
+                        "cosine {} vs {}: {shown}",
+                        files[i].display(),
+                        files[j].display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
