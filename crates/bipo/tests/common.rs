@@ -28,3 +28,12 @@ pub fn reference(name: &str) -> PathBuf {
     assert!(p.is_file(), "{} is missing", p.display());
     p
 }
+
+/// Largest |a - b| over two equally shaped matrices.
+pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}

@@ -1,6 +1,8 @@
 //! Hugging Face model folders (config.json + safetensors + tokenizer.json), written
 //! here from a tiny random model: they must load to exactly the same model.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -147,12 +149,7 @@ fn a_bf16_folder_load_stays_close_to_f32() {
             .unwrap()
             .model,
     );
-    let d = f32_logits
-        .iter()
-        .flatten()
-        .zip(bf.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let d = common::max_abs_diff(&f32_logits, &bf);
     assert!(d < 0.1, "bf16 differs by {d}");
 }
 

@@ -1,5 +1,7 @@
 //! Invariants of the model code on tiny random models built in code (fast, no files).
 
+mod common;
+
 use bipo::models::random::{random_model, tiny_config};
 use bipo::models::{KvCache, Mode, Model};
 use bipo::steer::Steering;
@@ -166,12 +168,7 @@ fn fast_and_differentiable_paths_agree_on_dense_weights() {
     let st = steering(&m, &[(vector(&m, &[0, 2], 1.0), -1.0)]);
     let a = logits(&m, &st, Mode::Fast);
     let b = logits(&m, &st, Mode::Differentiable);
-    let d = a
-        .iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let d = common::max_abs_diff(&a, &b);
     assert!(d < 1e-4, "paths differ by {d}");
 }
 
@@ -183,12 +180,7 @@ fn quantized_fast_path_stays_close_to_dequantized_f32() {
         let tol = if name.starts_with("Q4K") { 0.1 } else { 0.05 };
         let a = logits(&m, &Steering::none(), Mode::Fast);
         let b = logits(&m, &Steering::none(), Mode::Differentiable);
-        let d = a
-            .iter()
-            .flatten()
-            .zip(b.iter().flatten())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let d = common::max_abs_diff(&a, &b);
         let scale = b.iter().flatten().map(|x| x.abs()).fold(0f32, f32::max);
         assert!(
             d < tol * scale,
@@ -256,11 +248,6 @@ fn sliding_window_limits_attention_to_recent_positions() {
     }
     let fast = logits(&m, &Steering::none(), Mode::Fast);
     let diff = logits(&m, &Steering::none(), Mode::Differentiable);
-    let d = fast
-        .iter()
-        .flatten()
-        .zip(diff.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let d = common::max_abs_diff(&fast, &diff);
     assert!(d < 1e-4, "windowed paths differ by {d}");
 }
