@@ -279,3 +279,29 @@ fn a_vector_steering_block_zero_is_not_written_as_gguf() {
     assert_clear_error(&o, &["direction.0"]);
     assert!(!out.exists(), "nothing half-written");
 }
+
+#[test]
+fn a_paper_pt_vector_converts_once_its_layer_is_named() {
+    let pt = root().join("crates/bipo/tests/fixtures/arange8.pt");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.safetensors");
+    let o = bipo(&[
+        "vector",
+        "convert",
+        pt.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["--layer"]);
+    let o = bipo(&[
+        "vector",
+        "convert",
+        pt.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--layer",
+        "15",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = bipo::io::read_vector(&out).unwrap();
+    assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), vec![15]);
+    assert_eq!(v.layers[&15][2], 0.0);
+}

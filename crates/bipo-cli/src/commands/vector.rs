@@ -23,6 +23,9 @@ enum Cmd {
     Convert {
         input: PathBuf,
         output: PathBuf,
+        /// The layer of a PyTorch .pt vector (the BiPO paper's files do not store it).
+        #[arg(long)]
+        layer: Option<usize>,
         /// `controlvector.model_hint` for GGUF output (llama.cpp's architecture name).
         #[arg(long, default_value = "llama")]
         model_hint: String,
@@ -91,8 +94,13 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Convert {
             input,
             output,
+            layer,
             model_hint,
-        } => write(&bipo::io::read_vector(&input)?, &output, &model_hint)?,
+        } => write(
+            &bipo::io::read_vector_at(&input, layer)?,
+            &output,
+            &model_hint,
+        )?,
         Cmd::Scale {
             input,
             k,

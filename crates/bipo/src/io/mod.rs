@@ -1,6 +1,7 @@
 //! Steering-vector files. Layer-index conventions of other tools live only here.
 
 pub mod controlvector;
+pub mod pt;
 pub mod safetensors;
 
 use std::path::Path;
@@ -8,8 +9,33 @@ use std::path::Path;
 use crate::error::Result;
 use crate::vector::SteeringVector;
 
+/// Whether the file starts like a zip archive (PyTorch `.pt`).
+fn is_zip(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"PK\x03\x04"
+}
+
+/// Like [`read_vector`], and also reads PyTorch `.pt` vectors (the BiPO paper's),
+/// whose layer is not in the file: `layer` names it.
+pub fn read_vector_at(path: &Path, layer: Option<usize>) -> Result<SteeringVector> {
+    match layer {
+        Some(l) if is_zip(path) => pt::read(path, l),
+        _ => read_vector(path),
+    }
+}
+
 /// Reads a steering vector from any supported file format (by content, not name).
 pub fn read_vector(path: &Path) -> Result<SteeringVector> {
+    if is_zip(path) {
+        return Err(crate::Error::bad_file(
+            path,
+            "a PyTorch .pt vector does not say its layer: convert it with `bipo vector convert FILE.pt OUT --layer L`",
+        ));
+    }
     if crate::load::gguf::is_gguf(path) {
         controlvector::read(path)
     } else if path.is_file() && crate::load::weights::check_safetensors_header(path).is_ok() {
