@@ -1,0 +1,119 @@
+//! Real llama.cpp, not assumptions: a vector written by bipo, loaded by llama.cpp with
+//! `--control-vector-scaled FILE:S`, gives the same greedy text as `bipo generate` with
+//! that vector at multiplier S — up to the first step where bipo's top-2 log-probs lie
+//! within [`NEAR_TIE`] (the deviation measured against llama.cpp's own log-probs, see
+//! `crates/bipo/tests/llamacpp_reference.rs`), where either choice is correct.
+//!
+//! Opt-in: set `BIPO_LLAMA_CPP_BIN` to llama.cpp's bin folder (holding
+//! `llama-completion`); otherwise the test prints a visible "skipped" line.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const ENV: &str = "BIPO_LLAMA_CPP_BIN";
+/// Generated tokens compared per run.
+const TOKENS: &str = "16";
+const NEAR_TIE: f64 = 0.5;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
+    let Some(bin) = std::env::var_os(ENV).map(PathBuf::from) else {
+        println!("skipped: set {ENV} to llama.cpp's bin folder to run the llama.cpp interop test");
+        return;
+    };
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("happy.gguf");
+    // Round-trip through bipo's safetensors so the GGUF is bipo's own writing.
+    let st = dir.path().join("happy.safetensors");
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let bipo = env!("CARGO_BIN_EXE_bipo");
+    for (i, o) in [(&happy, &st), (&st, &gguf)] {
+        let out = Command::new(bipo)
+            .args(["vector", "convert"])
+            .arg(i)
+            .arg(o)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
+    for scale in ["-4", "2", "4"] {
+        let ours = Command::new(bipo)
+            .args([
+                "generate",
+                "-m",
+                model.to_str().unwrap(),
+                "-p",
+                prompt,
+                "--max-tokens",
+                TOKENS,
+                "--ignore-eos",
+                "--logprobs",
+                "2",
+            ])
+            .arg("--vector")
+            .arg(format!("{}:{scale}", gguf.display()))
+            .output()
+            .unwrap();
+        assert!(ours.status.success());
+        // bipo's text up to its first near-tie.
+        let mut ours_prefix = String::new();
+        for line in String::from_utf8(ours.stdout).unwrap().lines() {
+            let step: serde_json::Value = serde_json::from_str(line).unwrap();
+            let top = step["top"].as_array().unwrap();
+            let gap = top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap();
+            if gap < NEAR_TIE {
+                break;
+            }
+            ours_prefix += step["text"].as_str().unwrap();
+        }
+        let theirs = Command::new(bin.join("llama-completion"))
+            .args([
+                "-m",
+                model.to_str().unwrap(),
+                "-p",
+                prompt,
+                "-n",
+                TOKENS,
+                "--temp",
+                "0",
+                "-t",
+                "2",
+                "-no-cnv",
+                "--ignore-eos",
+            ])
+            .arg("--control-vector-scaled")
+            .arg(format!("{}:{scale}", gguf.display()))
+            .output()
+            .unwrap();
+        assert!(
+            theirs.status.success(),
+            "{}",
+            String::from_utf8_lossy(&theirs.stderr)
+        );
+        let out = String::from_utf8_lossy(&theirs.stdout).to_string();
+        // llama-completion echoes the prompt (special tokens dropped), then the text.
+        let theirs = out
+            .split_once("assistant\n")
+            .map(|(_, t)| t)
+            .unwrap_or(&out);
+        println!("scale {scale}\n  bipo (to first near-tie): {ours_prefix:?}\n  llama.cpp:                {theirs:?}");
+        assert!(
+            !ours_prefix.is_empty(),
+            "scale {scale}: near tie at the first token"
+        );
+        assert!(
+            theirs.starts_with(&ours_prefix),
+            "scale {scale}: bipo {ours_prefix:?} vs llama.cpp {theirs:?}"
+        );
+    }
+}
