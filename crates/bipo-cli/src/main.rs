@@ -30,6 +30,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Time BiPO training steps: bipo's algorithm beside the reference algorithm.
     BenchTrain(commands::bench_train::Args),
+    /// Fold steering vectors into a model GGUF (llama architecture).
+    Bake(commands::bake::Args),
     /// Inspect, convert, scale, combine and compare steering-vector files.
     Vector(commands::vector::Args),
     /// Train a steering vector with BiPO on preference pairs.
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench::run(a),
         Command::Train(a) => commands::train::run(a),
         Command::Vector(a) => commands::vector::run(a),
+        Command::Bake(a) => commands::bake::run(a),
         Command::BenchTrain(a) => commands::bench_train::run(a),
     };
     match result {

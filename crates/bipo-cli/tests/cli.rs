@@ -305,3 +305,68 @@ fn a_paper_pt_vector_converts_once_its_layer_is_named() {
     assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), vec![15]);
     assert_eq!(v.layers[&15][2], 0.0);
 }
+
+#[test]
+fn a_baked_model_generates_what_the_vector_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let baked = dir.path().join("baked.gguf");
+    let spec = format!("{}:4", happy());
+    let o = bipo(&[
+        "bake",
+        "-m",
+        &model(),
+        "-v",
+        &spec,
+        "-o",
+        baked.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = |m: &str, extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "-m",
+            m,
+            "-p",
+            "I feel",
+            "--max-tokens",
+            "16",
+            "--ignore-eos",
+        ];
+        a.extend_from_slice(extra);
+        let o = bipo(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let steered = run(&model(), &["--vector", &spec]);
+    assert_eq!(run(baked.to_str().unwrap(), &[]), steered);
+    assert_ne!(run(&model(), &[]), steered);
+}
+
+#[test]
+fn baking_refuses_non_llama_files_and_wrong_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    let o = bipo(&[
+        "bake",
+        "-m",
+        &happy(),
+        "-v",
+        &happy(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["controlvector", "llama"]);
+    let narrow = dir.path().join("narrow.gguf");
+    write_control_vector(&narrow, &[3], 100);
+    let o = bipo(&[
+        "bake",
+        "-m",
+        &model(),
+        "-v",
+        narrow.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_clear_error(&o, &["width 100"]);
+    assert!(!out.exists());
+}

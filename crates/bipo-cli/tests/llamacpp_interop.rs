@@ -117,3 +117,76 @@ fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
         );
     }
 }
+
+/// Greedy text of llama-completion (prompt echo removed).
+fn llama_completion(
+    bin: &std::path::Path,
+    model: &std::path::Path,
+    prompt: &str,
+    extra: &[String],
+) -> String {
+    let out = Command::new(bin.join("llama-completion"))
+        .arg("-m")
+        .arg(model)
+        .args([
+            "-p",
+            prompt,
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "-t",
+            "2",
+            "-no-cnv",
+            "--ignore-eos",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_once("assistant\n")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or(text)
+}
+
+#[test]
+fn a_baked_model_in_llama_cpp_generates_what_the_control_vector_does() {
+    let Some(bin) = std::env::var_os(ENV).map(PathBuf::from) else {
+        println!("skipped: set {ENV} to llama.cpp's bin folder to run the llama.cpp bake test");
+        return;
+    };
+    let model = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let baked = dir.path().join("baked.gguf");
+    let out = Command::new(env!("CARGO_BIN_EXE_bipo"))
+        .args(["bake", "-m", model.to_str().unwrap(), "-v"])
+        .arg(format!("{}:4", happy.display()))
+        .arg("-o")
+        .arg(&baked)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
+    let from_baked = llama_completion(&bin, &baked, prompt, &[]);
+    let with_vector = llama_completion(
+        &bin,
+        &model,
+        prompt,
+        &[
+            "--control-vector-scaled".into(),
+            format!("{}:4", happy.display()),
+        ],
+    );
+    println!("baked:  {from_baked:?}\nvector: {with_vector:?}");
+    assert_eq!(from_baked, with_vector);
+}

@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bake;
 pub mod data;
 pub mod error;
 pub mod generate;

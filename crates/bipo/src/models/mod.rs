@@ -183,7 +183,25 @@ impl Model {
             let mlp = Mlp {
                 gate_proj: linear(src, &format!("{p}.mlp.gate_proj"), i, h, false)?,
                 up_proj: linear(src, &format!("{p}.mlp.up_proj"), i, h, false)?,
-                down_proj: linear(src, &format!("{p}.mlp.down_proj"), h, i, false)?,
+                down_proj: {
+                    // A down-projection bias is how a steering vector is baked into a
+                    // model (`bipo bake`): it adds to block l's output like steering.
+                    let w = src.require(&format!("{p}.mlp.down_proj.weight"), &[h, i], device)?;
+                    let b = match src.get(&format!("{p}.mlp.down_proj.bias"), device)? {
+                        Some(b) if b.dims() == [h] => Some(b.to_dense(device, dtype)?),
+                        Some(b) => {
+                            return Err(Error::invalid(
+                                "model weights",
+                                format!(
+                                    "{p}.mlp.down_proj.bias has shape {:?}, expected [{h}]",
+                                    b.dims()
+                                ),
+                            ))
+                        }
+                        None => None,
+                    };
+                    Linear::new(w, b, dtype)?
+                },
             };
             layers.push(Block {
                 input_layernorm: RmsNorm::new(
