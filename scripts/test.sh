@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command: fetch the default model if absent, then run every test.
+# Set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to include the real-llama.cpp
+# interop tests (crates/bipo-cli/tests/llamacpp_interop.rs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-model.sh
 cargo test --release --workspace "$@"
+if [ -z "${BIPO_LLAMA_CPP_BIN:-}" ]; then
+    echo "skipped: llama.cpp interop tests ran as no-ops; set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to run them"
+fi
