@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch-model.sh
-cargo test --release --workspace "$@"
 if [ -z "${BIPO_LLAMA_CPP_BIN:-}" ]; then
-    echo "skipped: llama.cpp interop tests ran as no-ops; set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to run them"
+    echo "skipped: llama.cpp interop tests run as no-ops; set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to run them"
 fi
+cargo test --release --workspace "$@"
