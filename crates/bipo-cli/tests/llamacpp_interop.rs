@@ -15,6 +15,15 @@ const ENV: &str = "BIPO_LLAMA_CPP_BIN";
 const TOKENS: &str = "16";
 const NEAR_TIE: f64 = 0.5;
 
+/// Asserts that a command succeeded, showing its stderr otherwise.
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -39,11 +48,7 @@ fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
             .arg(o)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&out);
     }
     let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
     for scale in ["-4", "2", "4"] {
@@ -64,7 +69,7 @@ fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
             .arg(format!("{}:{scale}", gguf.display()))
             .output()
             .unwrap();
-        assert!(ours.status.success());
+        ok(&ours);
         // bipo's text up to its first near-tie.
         let mut ours_prefix = String::new();
         for line in String::from_utf8(ours.stdout).unwrap().lines() {
@@ -95,11 +100,7 @@ fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
             .arg(format!("{}:{scale}", gguf.display()))
             .output()
             .unwrap();
-        assert!(
-            theirs.status.success(),
-            "{}",
-            String::from_utf8_lossy(&theirs.stderr)
-        );
+        ok(&theirs);
         let out = String::from_utf8_lossy(&theirs.stdout).to_string();
         // llama-completion echoes the prompt (special tokens dropped), then the text.
         let theirs = out
@@ -143,11 +144,7 @@ fn llama_completion(
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     text.split_once("assistant\n")
         .map(|(_, t)| t.to_string())
@@ -171,11 +168,7 @@ fn a_baked_model_in_llama_cpp_generates_what_the_control_vector_does() {
         .arg(&baked)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
     let from_baked = llama_completion(&bin, &baked, prompt, &[]);
     let with_vector = llama_completion(

@@ -49,3 +49,19 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         Error::io(path, e)
     })
 }
+
+/// The f32 values of a contiguous CPU tensor inside a candle custom op; `op` names the
+/// op in the error.
+pub(crate) fn contiguous_f32<'a>(
+    op: &str,
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected f32 input")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: expected a contiguous input")
+    };
+    Ok(&v[a..b])
+}

@@ -114,17 +114,14 @@ impl WeightSource {
                 }))
             }
             Self::Memory(map) => Ok(map.get(hf_name).cloned()),
-            Self::Safetensors { tensors, .. } => {
+            Self::Safetensors { tensors, files } => {
                 if tensors.get(hf_name).is_err() {
                     return Ok(None);
                 }
-                let path = self.describe();
-                let Self::Safetensors { tensors, .. } = self else {
-                    unreachable!()
-                };
-                let t = tensors
-                    .load(hf_name, device)
-                    .map_err(|e| Error::bad_file(path, format!("tensor `{hf_name}`: {e}")))?;
+                let t = tensors.load(hf_name, device).map_err(|e| {
+                    let path = files.first().cloned().unwrap_or_default();
+                    Error::bad_file(path, format!("tensor `{hf_name}`: {e}"))
+                })?;
                 Ok(Some(Weight::Dense(t)))
             }
         }

@@ -7,8 +7,6 @@
 //! round the Q8_1 block sum in f16 arithmetic; these follow ggml's reference rounding.
 //! Other quantization types go through candle's `QMatMul`.
 
-use std::borrow::Cow;
-
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use half::f16;
@@ -360,14 +358,7 @@ impl CustomOp1 for QBlocksMatMul<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = self.0;
-        let x: &[f32] = match storage {
-            CpuStorage::F32(v) => v,
-            _ => candle_core::bail!("bipo-qmatmul expects f32 activations"),
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("bipo-qmatmul expects contiguous activations");
-        };
-        let x: Cow<[f32]> = Cow::Borrowed(&x[start..end]);
+        let x = crate::util::contiguous_f32(self.name(), storage, layout)?;
         let mut dims = layout.shape().dims().to_vec();
         let k = dims.pop().unwrap_or(0);
         if k != w.cols {
@@ -375,7 +366,7 @@ impl CustomOp1 for QBlocksMatMul<'_> {
         }
         let m = x.len() / k.max(1);
         dims.push(w.rows);
-        Ok((CpuStorage::F32(w.matmul(&x, m)), Shape::from(dims)))
+        Ok((CpuStorage::F32(w.matmul(x, m)), Shape::from(dims)))
     }
 }
 

@@ -8,16 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fused op: expected f32")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("fused op: expected contiguous input")
-    };
-    Ok(&v[a..b])
-}
+use crate::util::contiguous_f32;
 
 fn vec_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1()
@@ -40,7 +31,7 @@ impl CustomOp1 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
+        let x = contiguous_f32(self.name(), s, l)?;
         let h = self.weight.len();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
@@ -104,7 +95,10 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (g, u) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (g, u) = (
+            contiguous_f32(self.name(), s1, l1)?,
+            contiguous_f32(self.name(), s2, l2)?,
+        );
         if g.len() != u.len() {
             candle_core::bail!("fused-swiglu: shapes differ");
         }
@@ -183,7 +177,7 @@ impl CustomOp1 for Rope {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l.shape().dims4()?;
         Ok((
-            CpuStorage::F32(self.apply(slice(s, l)?, dims, false)),
+            CpuStorage::F32(self.apply(contiguous_f32(self.name(), s, l)?, dims, false)),
             l.shape().clone(),
         ))
     }
@@ -213,7 +207,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
+        let x = contiguous_f32(self.name(), s, l)?;
         let n = *l.shape().dims().last().unwrap_or(&1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {

@@ -12,20 +12,11 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::util::contiguous_f32;
 
 /// `y = x W^T` for a frozen, contiguous f32 weight (n, k).
 struct FrozenLinear {
     weight: Tensor,
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("expected f32 storage")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("expected a contiguous tensor")
-    };
-    Ok(&v[a..b])
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -34,7 +25,7 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32("frozen-linear", s, l)?;
         let (m, k) = l.shape().dims2()?;
         let (n, wk) = self.weight.dims2()?;
         if wk != k {
@@ -44,7 +35,7 @@ impl CustomOp1 for FrozenLinear {
         let candle_core::Storage::Cpu(ws) = &*ws else {
             candle_core::bail!("frozen-linear: weight not on CPU")
         };
-        let w = contiguous_f32(ws, wl)?;
+        let w = contiguous_f32("frozen-linear", ws, wl)?;
         let mut y = vec![0f32; m * n];
         // SAFETY: the pointers cover x (m*k), w (n*k) and y (m*n) with the strides given;
         // y is freshly allocated and not aliased.
@@ -113,7 +104,7 @@ impl CustomOp1 for LogSoftmaxGather {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32("log-softmax-gather", s, l)?;
         let (n, v) = l.shape().dims2()?;
         if self.targets.len() != n {
             candle_core::bail!(

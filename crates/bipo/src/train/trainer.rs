@@ -144,8 +144,15 @@ impl Trainer<'_, '_> {
         Ok(sv)
     }
 
-    fn save_checkpoint(&self, ck: &Checkpoint) -> Result<()> {
-        let json = serde_json::to_vec(ck).expect("checkpoint serialises");
+    fn save_checkpoint(&self, step: usize, v: &[f32], m: &[f32], s: &[f32]) -> Result<()> {
+        let ck = Checkpoint {
+            step,
+            vector: v.to_vec(),
+            adam_m: m.to_vec(),
+            adam_v: s.to_vec(),
+            config: self.cfg.clone(),
+        };
+        let json = serde_json::to_vec(&ck).expect("checkpoint serialises");
         crate::util::write_atomic(&self.out_dir.join(CHECKPOINT_FILE), &json)
     }
 
@@ -203,6 +210,7 @@ impl Trainer<'_, '_> {
         };
         let dev = self.train.device().clone();
         let mut interrupted = false;
+        let mut saved_at: Option<usize> = None;
         let mut epoch_loss = (0f64, 0usize);
         while step < last {
             if stop.load(Ordering::SeqCst) {
@@ -293,25 +301,20 @@ impl Trainer<'_, '_> {
                 on_event(Event::Epoch(&em));
                 self.save_vector(&v, &format!("epoch-{}.safetensors", e + 1))?;
                 self.save_vector(&v, VECTOR_FILE)?;
-                self.save_checkpoint(&Checkpoint {
-                    step,
-                    vector: v.clone(),
-                    adam_m: m1.clone(),
-                    adam_v: m2.clone(),
-                    config: cfg.clone(),
-                })?;
+                self.save_checkpoint(step, &v, &m1, &m2)?;
+                saved_at = Some(step);
             }
         }
         if interrupted {
-            self.save_checkpoint(&Checkpoint {
-                step,
-                vector: v.clone(),
-                adam_m: m1,
-                adam_v: m2,
-                config: cfg.clone(),
-            })?;
+            self.save_checkpoint(step, &v, &m1, &m2)?;
         }
-        let vector = self.save_vector(&v, VECTOR_FILE)?;
+        // The last epoch already wrote this state unless the run stopped in between
+        // (or had nothing left to do on resume).
+        let vector = if saved_at == Some(step) {
+            SteeringVector::single(cfg.layer, v, self.meta.clone())
+        } else {
+            self.save_vector(&v, VECTOR_FILE)?
+        };
         Ok(Outcome {
             vector,
             steps: step,
