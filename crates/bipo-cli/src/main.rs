@@ -36,6 +36,14 @@ enum Command {
     Vector(commands::vector::Args),
     /// Train a steering vector with BiPO on preference pairs.
     Train(commands::train::Args),
+    /// Compute a baseline vector: CAA, PCA of pair differences, or a random control.
+    Baseline(commands::baseline::Args),
+    /// Measure vectors over multipliers: A/B probability, held-out margins, steerability, damage, open-ended answers.
+    Eval(commands::eval::Args),
+    /// BiPO beside CAA, PCA and random on the same data and layer, in one report.
+    Compare(commands::compare::Args),
+    /// Quick per-layer CAA sweep on A/B questions, to choose the layer.
+    SweepLayers(commands::sweep::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +61,10 @@ fn main() -> ExitCode {
         Command::Vector(a) => commands::vector::run(a),
         Command::Bake(a) => commands::bake::run(a),
         Command::BenchTrain(a) => commands::bench_train::run(a),
+        Command::Baseline(a) => commands::baseline::run(a),
+        Command::Eval(a) => commands::eval::run(a),
+        Command::Compare(a) => commands::compare::run(a),
+        Command::SweepLayers(a) => commands::sweep::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

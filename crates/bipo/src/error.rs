@@ -38,6 +38,9 @@ pub enum Error {
     /// A model id could not be resolved from the Hugging Face cache or the Hub.
     #[error("hub: {0}")]
     Hub(String),
+    /// The LLM judge's endpoint failed or answered something unusable.
+    #[error("judge: {0}")]
+    Judge(String),
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -82,7 +85,7 @@ impl Error {
             | Error::Invalid { .. }
             | Error::Template(_)
             | Error::Hub(_) => 2,
-            Error::Tokenizer(_) | Error::Tensor(_) => 1,
+            Error::Tokenizer(_) | Error::Tensor(_) | Error::Judge(_) => 1,
         }
     }
 }

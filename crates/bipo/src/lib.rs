@@ -22,8 +22,10 @@
 //! ```
 
 pub mod bake;
+pub mod baselines;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod load;

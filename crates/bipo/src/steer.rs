@@ -57,6 +57,22 @@ impl Steering {
         self.deltas.is_empty()
     }
 
+    /// The delta added after block `layer`, if any.
+    pub fn delta(&self, layer: usize) -> Option<&Tensor> {
+        self.deltas.get(&layer)
+    }
+
+    /// The steering of blocks after `layer` only (for resuming from a cached block output).
+    pub fn after(&self, layer: usize) -> Self {
+        Self {
+            deltas: self
+                .deltas
+                .range(layer + 1..)
+                .map(|(l, t)| (*l, t.clone()))
+                .collect(),
+        }
+    }
+
     /// Layers that are steered.
     pub fn layers(&self) -> impl Iterator<Item = usize> + '_ {
         self.deltas.keys().copied()

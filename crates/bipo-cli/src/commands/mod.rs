@@ -1,8 +1,12 @@
 pub mod bake;
+pub mod baseline;
 pub mod bench;
 pub mod bench_train;
 pub mod chat;
+pub mod compare;
+pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod sweep;
 pub mod train;
 pub mod vector;

@@ -92,9 +92,15 @@ pub fn read(path: &Path) -> Result<SteeringVector> {
         let Some(idx) = name.strip_prefix("direction.") else {
             continue;
         };
-        let layer: usize = idx
-            .parse()
-            .map_err(|_| Error::bad_file(path, format!("tensor `{name}`: bad layer index")))?;
+        let layer = super::parse_layer_index(idx).ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!(
+                    "tensor `{name}`: bad layer index (expected 0..={})",
+                    super::MAX_LAYER_INDEX
+                ),
+            )
+        })?;
         let (shape, _) = g.tensor_info(&name).expect("listed tensor exists");
         if shape.len() != 1 {
             return Err(Error::bad_file(
@@ -110,7 +116,12 @@ pub fn read(path: &Path) -> Result<SteeringVector> {
             ));
         }
         let v = t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?;
-        layers.insert(layer, v);
+        if layers.insert(layer, v).is_some() {
+            return Err(Error::bad_file(
+                path,
+                format!("layer {layer} appears twice (tensor `{name}`)"),
+            ));
+        }
     }
     if layers.is_empty() {
         return Err(Error::bad_file(path, "no `direction.N` tensors"));

@@ -9,6 +9,18 @@ use std::path::Path;
 use crate::error::Result;
 use crate::vector::SteeringVector;
 
+/// Highest layer index a vector file may name: far above any real model's depth, low
+/// enough that a corrupted name is caught as such.
+pub const MAX_LAYER_INDEX: usize = 1 << 16;
+
+/// Parses the layer index in a tensor name (`direction.N`, `layer.N`): plain decimal
+/// digits without a sign or leading zeros, at most [`MAX_LAYER_INDEX`].
+pub(crate) fn parse_layer_index(s: &str) -> Option<usize> {
+    let plain =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    s.parse().ok().filter(|&n| plain && n <= MAX_LAYER_INDEX)
+}
+
 /// Whether the file starts like a zip archive (PyTorch `.pt`).
 fn is_zip(path: &Path) -> bool {
     use std::io::Read;

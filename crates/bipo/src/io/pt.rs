@@ -18,6 +18,8 @@ use crate::vector::{SteeringVector, VectorMeta};
 
 /// Largest pickle we parse: a one-tensor file's pickle is a few hundred bytes.
 const MAX_PICKLE_BYTES: u64 = 1 << 20;
+/// Largest tensor storage we read: 64 MiB, far above any model's hidden size.
+const MAX_STORAGE_BYTES: u64 = 1 << 26;
 
 /// Reads a one-tensor `.pt` file as the direction for `layer`.
 pub fn read(path: &Path, layer: usize) -> Result<SteeringVector> {
@@ -77,12 +79,22 @@ pub fn read(path: &Path, layer: usize) -> Result<SteeringVector> {
         )));
     }
     let (n, offset) = (dims[0], info.layout.start_offset());
+    let need = offset
+        .checked_add(n)
+        .and_then(|e| e.checked_mul(4))
+        .filter(|&b| b as u64 <= MAX_STORAGE_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "tensor of {n} elements at offset {offset} is implausibly large"
+            ))
+        })?;
     let mut raw = Vec::new();
+    // Read no more than the tensor needs: a hostile archive cannot make us inflate more.
     zip.by_name(&info.path)
         .map_err(|e| bad(format!("storage `{}`: {e}", info.path)))?
+        .take(need as u64)
         .read_to_end(&mut raw)
         .map_err(|e| Error::io(path, e))?;
-    let need = (offset + n) * 4;
     if raw.len() < need {
         return Err(bad(format!(
             "storage holds {} bytes, the tensor needs {need}",

@@ -62,9 +62,9 @@ pub fn read(path: &Path) -> Result<SteeringVector> {
         .map_err(|e| Error::bad_file(path, format!("corrupt safetensors: {e}")))?;
     let mut layers = BTreeMap::new();
     for (name, t) in st.tensors() {
-        let layer: usize = name
+        let layer = name
             .strip_prefix("layer.")
-            .and_then(|n| n.parse().ok())
+            .and_then(super::parse_layer_index)
             .ok_or_else(|| {
                 Error::bad_file(path, format!("tensor `{name}` is not named layer.N"))
             })?;
@@ -83,7 +83,12 @@ pub fn read(path: &Path) -> Result<SteeringVector> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        layers.insert(layer, v);
+        if layers.insert(layer, v).is_some() {
+            return Err(Error::bad_file(
+                path,
+                format!("layer {layer} appears twice (tensor `{name}`)"),
+            ));
+        }
     }
     if layers.is_empty() {
         return Err(Error::bad_file(path, "no `layer.N` tensors"));

@@ -1,6 +1,7 @@
 //! GGUF files: metadata access and tensors, with errors that name the file.
 //!
-//! Parsing is candle's `gguf_file`; this wrapper adds typed metadata getters, keeps the
+//! The header is parsed by bipo's strict [`super::gguf_header`] into candle's
+//! `gguf_file::Content`; tensor reads are candle's. This wrapper adds typed metadata getters, keeps the
 //! file handle for lazy tensor reads, and turns every failure into [`Error::BadFile`].
 
 use std::borrow::Cow;
@@ -50,24 +51,11 @@ impl GgufFile {
         if !is_gguf(&path) {
             return Err(Error::bad_file(&path, "not a GGUF file (bad magic)"));
         }
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
+        // bipo's own strict parser: every count and offset is checked against the file.
+        let content = super::gguf_header::parse(&mut reader, len)
             .map_err(|e| Error::bad_file(&path, format!("malformed GGUF header: {e}")))?;
-        let len = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
-        // Check every tensor's extent now, so a truncated file fails at open, not mid-run.
-        for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
-            if end > len {
-                return Err(Error::bad_file(
-                    &path,
-                    format!("truncated: tensor `{name}` ends at byte {end}, file has {len}"),
-                ));
-            }
-        }
         Ok(Self {
             path,
             content,

@@ -2,6 +2,7 @@
 //! Face folder, or a Hub id.
 
 pub mod gguf;
+mod gguf_header;
 pub mod hub;
 pub mod weights;
 

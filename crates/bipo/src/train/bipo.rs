@@ -144,6 +144,52 @@ impl<'m> Prepared<'m> {
         Ok(p)
     }
 
+    /// Examples packed for reading activations only: nothing cached, no reference
+    /// log-probabilities. Use with [`Self::layer_states`].
+    pub fn for_activations(model: &'m Model, examples: Vec<Example>) -> Self {
+        Self {
+            model,
+            layer: 0,
+            examples,
+            prefix: None,
+            ref_logp: Vec::new(),
+        }
+    }
+
+    /// Unsteered outputs of each block in `layers` (ascending) on the packed rows of
+    /// `idx`: one (n, T, hidden) tensor per layer. Row i holds the prompt, then the
+    /// matching response, then the opposite one ([`Self::response_positions`]).
+    pub fn layer_states(&self, idx: &[usize], layers: &[usize]) -> Result<Vec<Tensor>> {
+        let (ids, pos, mask) = self.packed(idx)?;
+        let mut xs = self.model.embed(&ids)?;
+        let mut out = Vec::with_capacity(layers.len());
+        let mut next = 0;
+        for &l in layers {
+            if l < next || l >= self.model.num_layers() {
+                return Err(Error::invalid(
+                    "layers",
+                    format!(
+                        "{layers:?}: must ascend, each < {}",
+                        self.model.num_layers()
+                    ),
+                ));
+            }
+            xs = self
+                .model
+                .run_blocks_packed(&xs, next..l + 1, &pos, &mask, &Steering::none())?;
+            out.push(xs.clone());
+            next = l + 1;
+        }
+        Ok(out)
+    }
+
+    /// Positions of example i's (matching, opposite) response tokens in its packed row.
+    pub fn response_positions(&self, i: usize) -> [std::ops::Range<usize>; 2] {
+        let e = &self.examples[i];
+        let (p, m, o) = (e.prompt.len(), e.responses[0].len(), e.responses[1].len());
+        [p..p + m, p + m..p + m + o]
+    }
+
     /// Whether block outputs are cached (false: recomputed every step).
     pub fn is_cached(&self) -> bool {
         self.prefix.is_some()
@@ -255,15 +301,26 @@ impl<'m> Prepared<'m> {
         states: &(Tensor, Tensor, Tensor),
         delta: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.logp_steered(idx, states, delta, &Steering::none())
+    }
+
+    /// Like [`Self::logp_from_prefix`], also steering the blocks after L with `later`.
+    fn logp_steered(
+        &self,
+        idx: &[usize],
+        states: &(Tensor, Tensor, Tensor),
+        delta: Option<&Tensor>,
+        later: &Steering,
+    ) -> Result<Tensor> {
         let (hs, pos, mask) = states;
         let xs = match delta {
             Some(d) => hs.broadcast_add(d)?,
             None => hs.clone(),
         };
         let n = self.model.num_layers();
-        let xs =
-            self.model
-                .run_blocks_packed(&xs, self.layer + 1..n, pos, mask, &Steering::none())?;
+        let xs = self
+            .model
+            .run_blocks_packed(&xs, self.layer + 1..n, pos, mask, later)?;
         // Row of the state predicting response token k, within the packed row.
         let rows = |i: usize, w: usize, k: usize| -> usize {
             let e = &self.examples[i];
@@ -337,6 +394,37 @@ impl<'m> Prepared<'m> {
                 .sum::<f64>();
         }
         Ok((sum / self.len().max(1) as f64) as f32)
+    }
+
+    /// Per example, the summed (matching, opposite) response log-probabilities under
+    /// `steering`, without gradients, `batch` examples per forward pass. Steering must
+    /// not touch blocks before the prepared layer (their outputs are cached); an empty
+    /// steering returns the cached unsteered values (bit-identical to multiplier 0).
+    pub fn response_logps(&self, steering: &Steering, batch: usize) -> Result<Vec<[f32; 2]>> {
+        if let Some(l) = steering.layers().find(|&l| l < self.layer) {
+            return Err(Error::invalid(
+                "steering",
+                format!(
+                    "layer {l} lies before the cached layer {}; prepare at layer {l} or earlier",
+                    self.layer
+                ),
+            ));
+        }
+        if steering.is_empty() {
+            return Ok(self.ref_logp.clone());
+        }
+        let later = steering.after(self.layer);
+        let delta = steering.delta(self.layer);
+        let idx: Vec<usize> = (0..self.len()).collect();
+        let mut out = Vec::with_capacity(self.len());
+        for chunk in idx.chunks(batch.max(1)) {
+            let states = self.prefix_states(chunk)?;
+            let lp: Vec<f32> = self
+                .logp_steered(chunk, &states, delta, &later)?
+                .to_vec1()?;
+            out.extend(lp.chunks_exact(2).map(|p| [p[0], p[1]]));
+        }
+        Ok(out)
     }
 
     /// BiPO loss on examples `idx` with the vector `v` (hidden,) steered by `d`.

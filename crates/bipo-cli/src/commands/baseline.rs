@@ -1,0 +1,184 @@
+//! `bipo baseline caa|pca|random`: the comparison vectors, as steering-vector files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bipo::baselines::{self, PairDiffs, ReadAt};
+use bipo::eval::ab;
+use bipo::load::LoadedModel;
+use bipo::{SteeringVector, VectorMeta};
+
+use crate::args::ModelArgs;
+use crate::commands::eval::bar;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// Mean activation difference (Rimsky et al.).
+    Caa,
+    /// First principal component of pair differences (repeng's pca_diff).
+    Pca,
+    /// Seeded random direction with another vector's norm (needs --like).
+    Random,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(value_enum)]
+    method: Method,
+    /// Model (caa, pca): GGUF file, Hugging Face folder or Hub id.
+    #[arg(long, short = 'm', value_name = "FILE|FOLDER|HUB-ID")]
+    model: Option<String>,
+    /// Training data (caa, pca): A/B questions (read at the answer letter) or free-text pairs.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// 0-based block whose output is read and steered (caa, pca); repeatable.
+    #[arg(long = "layer")]
+    layers: Vec<usize>,
+    /// Where to read free-text responses: last token or mean over response tokens.
+    #[arg(long, default_value = "mean")]
+    read_at: String,
+    /// Vector whose per-layer norms the random vector copies (random).
+    #[arg(long, value_name = "FILE")]
+    like: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Drop records with an empty field instead of failing.
+    #[arg(long)]
+    skip_invalid_rows: bool,
+    /// System prompt for the chat template.
+    #[arg(long)]
+    system: Option<String>,
+    /// Output vector file (.safetensors or .gguf).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// Per-layer pair differences on `data` (A/B: at the letter; pairs: per `read_at`).
+pub fn differences(
+    lm: &LoadedModel,
+    data: &Path,
+    layers: &[usize],
+    read_at: ReadAt,
+    system: Option<&str>,
+    skip_invalid: bool,
+) -> Result<(PairDiffs, String)> {
+    let template = lm
+        .chat_template
+        .clone()
+        .context("the model has no chat template")?;
+    if let Some(&l) = layers.iter().find(|&&l| l >= lm.model.num_layers()) {
+        bail!(
+            "invalid --layer {l}: the model has {} layers",
+            lm.model.num_layers()
+        );
+    }
+    let examples = if ab::is_ab_file(data) {
+        ab::examples(&ab::load_ab(data)?, &lm.tokenizer, &template, system)?
+    } else {
+        let d = bipo::data::load_pairs_with(data, skip_invalid)?;
+        for s in &d.skipped {
+            eprintln!("skipped {s}");
+        }
+        let mut ex = bipo::train::bipo::tokenize(&d.pairs, &lm.tokenizer, &template, system)?;
+        // Read the answer itself, not the end-of-sequence token appended for training.
+        for e in &mut ex {
+            e.responses.iter_mut().for_each(|r| {
+                if r.len() > 1 {
+                    r.pop();
+                }
+            });
+        }
+        ex
+    };
+    let read_at = if ab::is_ab_file(data) {
+        ReadAt::Last
+    } else {
+        read_at
+    };
+    let pb = bar(examples.len() as u64);
+    pb.set_message(format!("activations at layers {layers:?}"));
+    let diffs = baselines::pair_differences(&lm.model, examples, layers, read_at, |d, _| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    Ok((diffs, bipo::util::file_sha256(data)?))
+}
+
+/// Metadata for a baseline vector.
+pub fn meta(
+    name: &str,
+    method: &str,
+    lm: Option<&LoadedModel>,
+    extra: &[(&str, String)],
+) -> VectorMeta {
+    VectorMeta {
+        name: name.into(),
+        model: lm.map(|l| l.model.info.source.clone()),
+        method: Some(method.into()),
+        extra: extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+pub fn write(v: &SteeringVector, out: &Path) -> Result<()> {
+    if out.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        bipo::io::controlvector::write(v, v.meta.model.as_deref().unwrap_or(""), out)?;
+    } else {
+        bipo::io::safetensors::write(v, out)?;
+    }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let stem = a
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let v = if a.method == Method::Random {
+        let like = a
+            .like
+            .as_ref()
+            .context("random needs --like VECTOR (its norms are copied)")?;
+        let l = bipo::io::read_vector(like)?;
+        let extra = [
+            ("like", like.display().to_string()),
+            ("seed", a.seed.to_string()),
+        ];
+        baselines::random_like(&l, a.seed, meta(&stem, "random", None, &extra))
+    } else {
+        let (Some(model), Some(data)) = (&a.model, &a.data) else {
+            bail!("caa and pca need --model and --data");
+        };
+        let model = ModelArgs {
+            model: model.clone(),
+            dtype: "f32".into(),
+        };
+        if a.layers.is_empty() {
+            bail!("give at least one --layer");
+        }
+        let lm = model.load()?;
+        let read_at: ReadAt = a.read_at.parse()?;
+        let (d, sha) = differences(
+            &lm,
+            data,
+            &a.layers,
+            read_at,
+            a.system.as_deref(),
+            a.skip_invalid_rows,
+        )?;
+        let extra = [("data_sha256", sha), ("read_at", a.read_at.clone())];
+        match a.method {
+            Method::Caa => baselines::caa(&d, meta(&stem, "caa", Some(&lm), &extra)),
+            _ => baselines::pca_diff(&d, meta(&stem, "pca-diff", Some(&lm), &extra)),
+        }
+    };
+    write(&v, &a.out)?;
+    for (l, n) in v.norms() {
+        eprintln!("layer {l}: norm {n:.4}");
+    }
+    eprintln!("wrote {}", a.out.display());
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `bipo compare`: BiPO beside CAA, PCA and a random control on the same data and
+//! layer, evaluated together into one report.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bipo::baselines::{self, ReadAt};
+use bipo::eval::report::DataFile;
+
+use crate::args::ModelArgs;
+use crate::commands::baseline::{differences, meta, write};
+use crate::commands::eval::{run_eval, EvalFlags};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The BiPO vector (from `bipo train`) to compare.
+    #[arg(long, value_name = "FILE")]
+    bipo: PathBuf,
+    /// Training pairs the baselines are computed from (the data BiPO was trained on).
+    #[arg(long, value_name = "FILE")]
+    train: PathBuf,
+    /// Layer of the baselines (default: the BiPO vector's first layer).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Where to read free-text responses for CAA/PCA: last or mean.
+    #[arg(long, default_value = "mean")]
+    read_at: String,
+    /// Seed of the random control.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Drop training records with an empty field instead of failing.
+    #[arg(long)]
+    skip_invalid_rows: bool,
+    #[command(flatten)]
+    flags: EvalFlags,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let lm = a.model.load()?;
+    let mut bipo_v = bipo::io::read_vector(&a.bipo)?;
+    bipo_v
+        .check_fits(lm.model.hidden_size(), lm.model.num_layers())
+        .with_context(|| a.bipo.display().to_string())?;
+    let layer = match a.layer {
+        Some(l) => l,
+        None => *bipo_v.layers.keys().next().expect("validated"),
+    };
+    let read_at: ReadAt = a.read_at.parse()?;
+    let (d, sha) = differences(
+        &lm,
+        &a.train,
+        &[layer],
+        read_at,
+        a.flags.system.as_deref(),
+        a.skip_invalid_rows,
+    )?;
+    let extra = [("data_sha256", sha.clone()), ("read_at", a.read_at.clone())];
+    let caa = baselines::caa(&d, meta("caa", "caa", Some(&lm), &extra));
+    let pca = baselines::pca_diff(&d, meta("pca", "pca-diff", Some(&lm), &extra));
+    let rnd_extra = [("like", "bipo".to_string()), ("seed", a.seed.to_string())];
+    let random = baselines::random_like(
+        &bipo_v,
+        a.seed,
+        meta("random", "random (BiPO's norm)", None, &rnd_extra),
+    );
+    bipo_v.meta.name = "bipo".into();
+    let dir = a.flags.out.join("vectors");
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let vectors = vec![bipo_v, caa, pca, random];
+    for v in &vectors {
+        write(v, &dir.join(format!("{}.safetensors", v.meta.name)))?;
+    }
+    let train_file = DataFile {
+        path: a.train.display().to_string(),
+        sha256: sha,
+        kind: "train".into(),
+        examples: d.values().next().map_or(0, Vec::len),
+    };
+    let title = a
+        .flags
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("BiPO vs CAA vs PCA vs random, layer {layer}"));
+    let r = run_eval(&lm, &vectors, &a.flags, vec![train_file], &title)?;
+    println!("{}", r.markdown());
+    eprintln!("report: {}", a.flags.out.join("report.md").display());
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! A strict GGUF header parser (versions 2 and 3, little-endian).
+//!
+//! It builds candle's [`Content`], so tensor reads stay candle's, but every length,
+//! count, dimension and offset is checked against the file before anything is
+//! allocated, arithmetic never overflows, and ambiguity is an error: duplicate
+//! metadata keys, duplicate tensor names, a zero or non-power-of-two alignment,
+//! tensors that overlap the header or run past the end of the file. Written after
+//! fuzzing candle's own parser found a division by zero (`general.alignment = 0`) and
+//! silent last-one-wins duplicates.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
+use candle_core::quantized::GgmlDType;
+
+/// Longest string accepted (keys, values, tensor names): llama.cpp's limit.
+const MAX_STRING_BYTES: u64 = 1 << 30;
+/// Most tensor dimensions (GGML_MAX_DIMS).
+const MAX_DIMS: u32 = 4;
+/// Deepest nesting of arrays inside arrays.
+const MAX_ARRAY_DEPTH: usize = 4;
+/// Alignment of the tensor data section when `general.alignment` is absent.
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Reads bytes while counting how many are left in the file.
+struct Cursor<R> {
+    inner: R,
+    pos: u64,
+    len: u64,
+}
+
+type Res<T> = std::result::Result<T, String>;
+
+impl<R: Read> Cursor<R> {
+    fn remaining(&self) -> u64 {
+        self.len - self.pos
+    }
+
+    fn bytes<const N: usize>(&mut self, what: &str) -> Res<[u8; N]> {
+        if self.remaining() < N as u64 {
+            return Err(format!("truncated at byte {} reading {what}", self.pos));
+        }
+        let mut b = [0u8; N];
+        self.inner
+            .read_exact(&mut b)
+            .map_err(|e| format!("reading {what} at byte {}: {e}", self.pos))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+
+    fn u32(&mut self, what: &str) -> Res<u32> {
+        self.bytes::<4>(what).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &str) -> Res<u64> {
+        self.bytes::<8>(what).map(u64::from_le_bytes)
+    }
+
+    /// A count of items that each take at least `min_bytes`: refused if the rest of the
+    /// file cannot hold them, so no allocation is ever sized by an unchecked number.
+    fn count(&mut self, what: &str, min_bytes: u64) -> Res<u64> {
+        let n = self.u64(what)?;
+        if n.saturating_mul(min_bytes) > self.remaining() {
+            return Err(format!(
+                "{what} is {n}, more than the {} bytes left in the file can hold",
+                self.remaining()
+            ));
+        }
+        Ok(n)
+    }
+
+    fn string(&mut self, what: &str) -> Res<String> {
+        let n = self.u64(what)?;
+        if n > MAX_STRING_BYTES || n > self.remaining() {
+            return Err(format!(
+                "{what} at byte {} claims {n} bytes, {} are left",
+                self.pos,
+                self.remaining()
+            ));
+        }
+        let mut v = vec![0u8; n as usize];
+        self.inner
+            .read_exact(&mut v)
+            .map_err(|e| format!("reading {what}: {e}"))?;
+        self.pos += n;
+        // Some writers NUL-terminate strings although the format does not.
+        while v.last() == Some(&0) {
+            v.pop();
+        }
+        String::from_utf8(v).map_err(|_| format!("{what} is not UTF-8"))
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Res<Value> {
+        let b1 = |c: &mut Self| c.bytes::<1>(key).map(|b| b[0]);
+        Ok(match ty {
+            0 => Value::U8(b1(self)?),
+            1 => Value::I8(b1(self)? as i8),
+            2 => Value::U16(u16::from_le_bytes(self.bytes(key)?)),
+            3 => Value::I16(i16::from_le_bytes(self.bytes(key)?)),
+            4 => Value::U32(self.u32(key)?),
+            5 => Value::I32(self.u32(key)? as i32),
+            6 => Value::F32(f32::from_le_bytes(self.bytes(key)?)),
+            7 => match b1(self)? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(format!("metadata `{key}`: bool byte {b}")),
+            },
+            8 => Value::String(self.string(&format!("metadata `{key}`"))?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(format!("metadata `{key}`: arrays nested too deep"));
+                }
+                let elem = self.u32(key)?;
+                let n = self.count(&format!("metadata `{key}` array length"), min_size(elem))?;
+                let mut out = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    out.push(self.value(elem, key, depth + 1)?);
+                }
+                Value::Array(out)
+            }
+            10 => Value::U64(self.u64(key)?),
+            11 => Value::I64(self.u64(key)? as i64),
+            12 => Value::F64(f64::from_le_bytes(self.bytes(key)?)),
+            t => return Err(format!("metadata `{key}`: unknown value type {t}")),
+        })
+    }
+}
+
+/// Fewest bytes one value of GGUF type `ty` takes on disk (1 for unknown types, which
+/// fail when read).
+fn min_size(ty: u32) -> u64 {
+    match ty {
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
+    }
+}
+
+fn dtype(code: u32) -> Option<GgmlDType> {
+    use GgmlDType::*;
+    Some(match code {
+        0 => F32,
+        1 => F16,
+        2 => Q4_0,
+        3 => Q4_1,
+        6 => Q5_0,
+        7 => Q5_1,
+        8 => Q8_0,
+        9 => Q8_1,
+        10 => Q2K,
+        11 => Q3K,
+        12 => Q4K,
+        13 => Q5K,
+        14 => Q6K,
+        15 => Q8K,
+        30 => BF16,
+        _ => return None,
+    })
+}
+
+/// Parses the header of a GGUF file of `len` bytes from `reader` (positioned at byte 0).
+/// The error is a reason without the file name; the caller adds it.
+pub fn parse(reader: impl Read, len: u64) -> Res<Content> {
+    let mut c = Cursor {
+        inner: reader,
+        pos: 0,
+        len,
+    };
+    if &c.bytes::<4>("magic")? != b"GGUF" {
+        return Err("not a GGUF file (bad magic)".into());
+    }
+    let magic = match c.u32("version")? {
+        2 => VersionedMagic::GgufV2,
+        3 => VersionedMagic::GgufV3,
+        v => return Err(format!("GGUF version {v} is not supported (2 and 3 are)")),
+    };
+    // A tensor info takes at least 8 (name length) + 4 + 4 + 8 bytes, a metadata
+    // entry 8 (key length) + 4 + 1.
+    let n_tensors = c.count("tensor count", 24)?;
+    let n_kv = c.count("metadata count", 13)?;
+    let mut metadata = HashMap::new();
+    for _ in 0..n_kv {
+        let key = c.string("metadata key")?;
+        let ty = c.u32(&key)?;
+        let value = c.value(ty, &key, 0)?;
+        if metadata.insert(key.clone(), value).is_some() {
+            return Err(format!("metadata key `{key}` appears twice"));
+        }
+    }
+    let mut tensor_infos = HashMap::new();
+    let mut extents = Vec::new();
+    for _ in 0..n_tensors {
+        let name = c.string("tensor name")?;
+        let n_dims = c.u32(&name)?;
+        if n_dims > MAX_DIMS {
+            return Err(format!(
+                "tensor `{name}` has {n_dims} dimensions (max {MAX_DIMS})"
+            ));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(c.u64(&name)?);
+        }
+        let code = c.u32(&name)?;
+        let dt = dtype(code).ok_or_else(|| format!("tensor `{name}`: unknown type {code}"))?;
+        let offset = c.u64(&name)?;
+        let elems = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= len.saturating_mul(8))
+            .ok_or_else(|| format!("tensor `{name}`: shape {dims:?} is larger than the file"))?;
+        let block = dt.block_size() as u64;
+        if elems % block != 0 || dims.first().is_some_and(|&d| d % block != 0) {
+            return Err(format!(
+                "tensor `{name}`: shape {dims:?} does not split into {dt:?} blocks of {block}"
+            ));
+        }
+        let bytes = elems / block * dt.type_size() as u64;
+        extents.push((name.clone(), offset, bytes));
+        // GGUF lists dimensions innermost first; candle's shapes are outermost first.
+        dims.reverse();
+        let shape: Vec<usize> = dims.into_iter().map(|d| d as usize).collect();
+        let info = TensorInfo {
+            ggml_dtype: dt,
+            shape: shape.into(),
+            offset,
+        };
+        if tensor_infos.insert(name.clone(), info).is_some() {
+            return Err(format!("tensor `{name}` appears twice"));
+        }
+    }
+    let alignment = match metadata.get("general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some(Value::U32(a)) if a.is_power_of_two() => *a as u64,
+        Some(v) => return Err(format!("general.alignment {v:?} is not a power-of-two u32")),
+    };
+    let data_start = c.pos.div_ceil(alignment) * alignment;
+    for (name, offset, bytes) in extents {
+        if offset % alignment != 0 {
+            return Err(format!(
+                "tensor `{name}` offset {offset} is not {alignment}-aligned"
+            ));
+        }
+        let end = data_start
+            .checked_add(offset)
+            .and_then(|s| s.checked_add(bytes))
+            .filter(|&e| e <= len)
+            .ok_or_else(|| {
+                format!("truncated: tensor `{name}` ({bytes} bytes at data offset {offset}) runs past the file's {len} bytes")
+            })?;
+        debug_assert!(end <= len);
+    }
+    Ok(Content {
+        magic,
+        metadata,
+        tensor_infos,
+        tensor_data_offset: data_start,
+    })
+}
