@@ -75,9 +75,9 @@ fn cached_prefix_steered_logprobs_equal_a_full_steered_forward() {
         let s = Steering::from_vectors(&[(v.clone(), k)], &Device::Cpu, m.dtype()).unwrap();
         let got = p.response_logps(&s, 2).unwrap();
         for (e, g) in examples().iter().zip(&got) {
-            for w in 0..2 {
-                let want = full_logp(&m, &e.prompt, &e.responses[w], &s);
-                assert!((want - g[w]).abs() < 1e-4, "m {k}: {want} vs {}", g[w]);
+            for (resp, got) in e.responses.iter().zip(g) {
+                let want = full_logp(&m, &e.prompt, resp, &s);
+                assert!((want - got).abs() < 1e-4, "m {k}: {want} vs {got}");
             }
         }
     }

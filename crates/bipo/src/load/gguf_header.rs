@@ -4,9 +4,9 @@
 //! count, dimension and offset is checked against the file before anything is
 //! allocated, arithmetic never overflows, and ambiguity is an error: duplicate
 //! metadata keys, duplicate tensor names, a zero or non-power-of-two alignment,
-//! tensors that overlap the header or run past the end of the file. Written after
-//! fuzzing candle's own parser found a division by zero (`general.alignment = 0`) and
-//! silent last-one-wins duplicates.
+//! tensors that run past the end of the file. Written because candle 0.11's parser
+//! (read in its source) divides by a zero `general.alignment` and keeps the last of
+//! duplicate names silently.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -259,4 +259,121 @@ pub fn parse(reader: impl Read, len: u64) -> Res<Content> {
         tensor_infos,
         tensor_data_offset: data_start,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 file: `kvs` as (key, type, value bytes), tensors as (name, dims, type,
+    /// offset), then `data` after the aligned header.
+    fn build(
+        kvs: &[(&str, u32, Vec<u8>)],
+        tensors: &[(&str, &[u64], u32, u64)],
+        data: &[u8],
+    ) -> Vec<u8> {
+        let s = |b: &mut Vec<u8>, x: &str| {
+            b.extend((x.len() as u64).to_le_bytes());
+            b.extend(x.as_bytes());
+        };
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((kvs.len() as u64).to_le_bytes());
+        for (k, t, v) in kvs {
+            s(&mut b, k);
+            b.extend(t.to_le_bytes());
+            b.extend(v);
+        }
+        for (n, dims, t, off) in tensors {
+            s(&mut b, n);
+            b.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+            b.extend(t.to_le_bytes());
+            b.extend(off.to_le_bytes());
+        }
+        while !b.len().is_multiple_of(32) {
+            b.push(0);
+        }
+        b.extend(data);
+        b
+    }
+
+    fn parse_bytes(b: &[u8]) -> Res<Content> {
+        parse(b, b.len() as u64)
+    }
+
+    #[test]
+    fn a_well_formed_file_parses() {
+        let b = build(
+            &[("a", 4, 7u32.to_le_bytes().to_vec())],
+            &[("t", &[4], 0, 0)],
+            &[0; 16],
+        );
+        let c = parse_bytes(&b).unwrap();
+        assert_eq!(c.tensor_infos["t"].shape.dims(), &[4]);
+    }
+
+    #[test]
+    fn ambiguous_or_impossible_headers_are_errors_not_panics() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                build(
+                    &[("general.alignment", 4, 0u32.to_le_bytes().to_vec())],
+                    &[],
+                    &[],
+                ),
+                "alignment",
+            ),
+            (
+                build(&[("a", 0, vec![1]), ("a", 0, vec![2])], &[], &[]),
+                "appears twice",
+            ),
+            (
+                build(&[], &[("t", &[4], 0, 0), ("t", &[4], 0, 0)], &[0; 16]),
+                "appears twice",
+            ),
+            (
+                build(&[], &[("t", &[u64::MAX, 4], 0, 0)], &[]),
+                "larger than the file",
+            ),
+            (build(&[], &[("t", &[4], 0, 0)], &[0; 8]), "truncated"),
+            (
+                build(&[], &[("t", &[4], 0, u64::MAX - 4)], &[0; 16]),
+                "not 32-aligned",
+            ),
+            (
+                build(&[], &[("t", &[4], 0, u64::MAX - 31)], &[0; 16]),
+                "runs past",
+            ),
+            (
+                build(&[], &[("t", &[1, 1, 1, 1, 1], 0, 0)], &[]),
+                "dimensions",
+            ),
+            (build(&[], &[("t", &[30], 2, 0)], &[0; 64]), "blocks of 32"),
+            (build(&[("a", 99, vec![])], &[], &[]), "unknown value type"),
+            (build(&[("a", 7, vec![2])], &[], &[]), "bool byte"),
+        ];
+        for (bytes, want) in cases {
+            let e = parse_bytes(&bytes).err().unwrap_or_default();
+            assert!(e.contains(want), "want `{want}`, got `{e}`");
+        }
+        // A count that the file cannot hold is refused before anything is allocated.
+        let mut b = build(&[], &[], &[]);
+        b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(parse_bytes(&b).unwrap_err().contains("tensor count"));
+        // Every prefix of a valid file is an error, never a panic.
+        let ok = build(
+            &[(
+                "k",
+                8,
+                [3u64.to_le_bytes().to_vec(), b"abc".to_vec()].concat(),
+            )],
+            &[("t", &[4], 0, 0)],
+            &[0; 16],
+        );
+        for n in 0..ok.len() {
+            assert!(parse_bytes(&ok[..n]).is_err(), "prefix {n}");
+        }
+    }
 }

@@ -1,0 +1,260 @@
+//! `bipo baseline`, `eval`, `compare` and `sweep-layers` end to end on the default
+//! model, on a few examples so CI stays quick.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model() -> String {
+    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/fetch-model.sh",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+fn shared(behaviour: &str, file: &str) -> String {
+    let p = root()
+        .join("../shared/data/bipo")
+        .join(behaviour)
+        .join(file);
+    assert!(p.is_file(), "{} missing", p.display());
+    p.to_string_lossy().into_owned()
+}
+
+fn bipo(args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_bipo"))
+        .args(args)
+        .output()
+        .unwrap();
+    o
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The first `n` rows of a CSV file, written to `dst`.
+fn head(src: &str, n: usize, dst: &Path) -> String {
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let mut w = csv::Writer::from_path(dst).unwrap();
+    w.write_record(rdr.headers().unwrap()).unwrap();
+    for r in rdr.records().take(n) {
+        w.write_record(&r.unwrap()).unwrap();
+    }
+    w.flush().unwrap();
+    dst.to_string_lossy().into_owned()
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn baselines_then_compare_write_a_full_report_with_plots_and_judge_scores() {
+    let d = tempfile::tempdir().unwrap();
+    let train = head(
+        &shared("power-seeking", "train.csv"),
+        12,
+        &d.path().join("train.csv"),
+    );
+    let caa = d.path().join("caa.safetensors");
+    let m = model();
+    ok(&bipo(&[
+        "baseline",
+        "caa",
+        "-m",
+        &m,
+        "--data",
+        &train,
+        "--layer",
+        "6",
+        "-o",
+        caa.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]));
+    let rnd = d.path().join("rnd.gguf");
+    ok(&bipo(&[
+        "baseline",
+        "random",
+        "--like",
+        caa.to_str().unwrap(),
+        "--seed",
+        "3",
+        "-o",
+        rnd.to_str().unwrap(),
+    ]));
+    let (a, b) = (
+        bipo::io::read_vector(&caa).unwrap(),
+        bipo::io::read_vector(&rnd).unwrap(),
+    );
+    assert!((a.norms()[&6] - b.norms()[&6]).abs() < 1e-3 * a.norms()[&6]);
+    assert!(
+        a.cosine(&b)[&6].abs() < 0.3,
+        "a random direction is far from CAA's"
+    );
+
+    // A judge on loopback that always answers "3".
+    let srv = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", srv.server_addr().to_ip().unwrap());
+    std::thread::spawn(move || {
+        for req in srv.incoming_requests() {
+            let body = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "3"}}]});
+            req.respond(tiny_http::Response::from_string(body.to_string()))
+                .unwrap();
+        }
+    });
+    let out = d.path().join("cmp");
+    // Two short neutral paragraphs keep the damage check quick.
+    let neutral = d.path().join("neutral.txt");
+    std::fs::write(&neutral, "The train leaves at noon from platform two.\n\nWater boils at one hundred degrees at sea level.\n").unwrap();
+    ok(&bipo(&[
+        "--neutral",
+        neutral.to_str().unwrap(),
+        "compare",
+        "-m",
+        &m,
+        "--bipo",
+        caa.to_str().unwrap(),
+        "--train",
+        &train,
+        "--data",
+        &shared("power-seeking", "test_infer.csv"),
+        "--data",
+        &shared("power-seeking", "test.csv"),
+        "--limit",
+        "3",
+        "--multipliers=-1,0,1",
+        "--open-ended",
+        "1",
+        "--max-tokens",
+        "4",
+        "--judge-url",
+        &url,
+        "--judge-model",
+        "test-judge",
+        "-o",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]));
+    let r = json(&out.join("report.json"));
+    let vs = r["vectors"].as_array().unwrap();
+    let names: Vec<&str> = vs.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bipo", "caa", "pca", "random"]);
+    // Multiplier 0 is the unsteered model for every vector: identical numbers.
+    let at0 = |v: &serde_json::Value, k: &str| v[k][1]["value"].as_f64().unwrap();
+    for k in ["ab_probability", "pref_margin", "perplexity"] {
+        assert!(vs.iter().all(|v| at0(v, k) == at0(&vs[0], k)), "{k}");
+    }
+    assert!(vs.iter().all(|v| at0(v, "kl") == 0.0));
+    // "bipo" here is the CAA vector itself, so both rows agree exactly.
+    assert_eq!(vs[0]["ab_probability"], vs[1]["ab_probability"]);
+    for stem in [
+        "ab_probability",
+        "pref_margin",
+        "pref_accuracy",
+        "kl",
+        "perplexity",
+    ] {
+        assert!(
+            out.join(format!("{stem}.png")).is_file() && out.join(format!("{stem}.svg")).is_file(),
+            "{stem}"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| random |") && md.contains("anti-steerable"));
+    let answers = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
+    assert_eq!(
+        answers.lines().count(),
+        4 * 3,
+        "4 vectors x 3 multipliers x 1 question"
+    );
+    assert!(answers.lines().all(|l| json_line(l)["score"] == 3));
+    assert_eq!(r["open_ended"]["judge"]["model"], "test-judge");
+    assert_eq!(r["open_ended"]["judge"]["mean_score"]["pca"]["1"], 3.0);
+    for v in ["bipo", "caa", "pca", "random"] {
+        assert!(out
+            .join("vectors")
+            .join(format!("{v}.safetensors"))
+            .is_file());
+    }
+}
+
+fn json_line(l: &str) -> serde_json::Value {
+    serde_json::from_str(l).unwrap()
+}
+
+#[test]
+fn a_layer_sweep_scores_every_requested_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("sweep");
+    ok(&bipo(&[
+        "sweep-layers",
+        "-m",
+        &model(),
+        "--train",
+        &shared("wealth-seeking", "train.csv"),
+        "--skip-invalid-rows",
+        "--data",
+        &shared("wealth-seeking", "test_infer.csv"),
+        "--layers",
+        "4-5",
+        "--limit",
+        "3",
+        "--train-limit",
+        "6",
+        "-o",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]));
+    let rows = json(&out.join("sweep.json"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["layer"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 5]
+    );
+    // The unsteered probability does not depend on which layer's vector is tried.
+    assert_eq!(rows[0]["p_zero"], rows[1]["p_zero"]);
+    assert!(out.join("sweep.png").is_file() && out.join("sweep.md").is_file());
+}
+
+#[test]
+fn eval_errors_name_the_bad_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("ab.csv");
+    std::fs::write(&bad, "question,A,B,matching\nQ?,x,y,C\n").unwrap();
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let o = bipo(&[
+        "eval",
+        "-m",
+        &model(),
+        "-v",
+        happy.to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "-o",
+        d.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("ab.csv") && e.contains("line 2"), "{e}");
+    let o = bipo(&[
+        "baseline",
+        "random",
+        "-o",
+        d.path().join("r.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--like"));
+}
