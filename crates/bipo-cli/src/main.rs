@@ -40,6 +40,11 @@ enum Command {
     Baseline(commands::baseline::Args),
     /// Measure vectors over multipliers: A/B probability, held-out margins, steerability, damage, open-ended answers.
     Eval(commands::eval::Args),
+    /// Re-render report.md and the plots of a report folder from its report.json.
+    Report {
+        /// Folder holding report.json.
+        dir: std::path::PathBuf,
+    },
     /// BiPO beside CAA, PCA and random on the same data and layer, in one report.
     Compare(commands::compare::Args),
     /// Quick per-layer CAA sweep on A/B questions, to choose the layer.
@@ -63,6 +68,9 @@ fn main() -> ExitCode {
         Command::BenchTrain(a) => commands::bench_train::run(a),
         Command::Baseline(a) => commands::baseline::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Report { dir } => bipo::eval::report::Report::read(&dir)
+            .and_then(|r| r.write(&dir))
+            .map_err(Into::into),
         Command::Compare(a) => commands::compare::run(a),
         Command::SweepLayers(a) => commands::sweep::run(a),
     };

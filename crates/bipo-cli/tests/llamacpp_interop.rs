@@ -50,73 +50,84 @@ fn a_bipo_written_control_vector_steers_llama_cpp_like_bipo() {
             .unwrap();
         ok(&out);
     }
-    let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
-    for scale in ["-4", "2", "4"] {
-        let ours = Command::new(bipo)
-            .args([
-                "generate",
-                "-m",
-                model.to_str().unwrap(),
-                "-p",
-                prompt,
-                "--max-tokens",
-                TOKENS,
-                "--ignore-eos",
-                "--logprobs",
-                "2",
-            ])
-            .arg("--vector")
-            .arg(format!("{}:{scale}", gguf.display()))
-            .output()
-            .unwrap();
-        ok(&ours);
-        // bipo's text up to its first near-tie.
-        let mut ours_prefix = String::new();
-        for line in String::from_utf8(ours.stdout).unwrap().lines() {
-            let step: serde_json::Value = serde_json::from_str(line).unwrap();
-            let top = step["top"].as_array().unwrap();
-            let gap = top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap();
-            if gap < NEAR_TIE {
-                break;
+    // A second vector that bipo computed itself: CAA at layer 10 from 16 pairs.
+    let pairs = root().join("data/optimism/train.csv");
+    let caa = dir.path().join("caa.gguf");
+    let out = Command::new(bipo)
+        .args([
+            "baseline",
+            "caa",
+            "-m",
+            model.to_str().unwrap(),
+            "--layer",
+            "10",
+            "-o",
+        ])
+        .arg(&caa)
+        .arg("--data")
+        .arg(first_rows(&pairs, 16, &dir.path().join("pairs.csv")))
+        .output()
+        .unwrap();
+    ok(&out);
+    let prompts = [
+        "How are you feeling today?",
+        "Describe your plans for the weekend.",
+        "What do you think about Mondays?",
+    ];
+    let runs = [
+        (&gguf, "-4"),
+        (&gguf, "2"),
+        (&gguf, "4"),
+        (&caa, "-1"),
+        (&caa, "1"),
+    ];
+    let mut compared = 0;
+    for (vector, scale) in runs {
+        for q in prompts {
+            let prompt = format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+            let ours = Command::new(bipo)
+                .args(["generate", "-m", model.to_str().unwrap(), "-p", &prompt])
+                .args(["--max-tokens", TOKENS, "--ignore-eos", "--logprobs", "2"])
+                .arg("--vector")
+                .arg(format!("{}:{scale}", vector.display()))
+                .output()
+                .unwrap();
+            ok(&ours);
+            // bipo's text up to its first near-tie.
+            let mut ours_prefix = String::new();
+            for line in String::from_utf8(ours.stdout).unwrap().lines() {
+                let step: serde_json::Value = serde_json::from_str(line).unwrap();
+                let top = step["top"].as_array().unwrap();
+                let gap = top[0][1].as_f64().unwrap() - top[1][1].as_f64().unwrap();
+                if gap < NEAR_TIE {
+                    break;
+                }
+                ours_prefix += step["text"].as_str().unwrap();
+                compared += 1;
             }
-            ours_prefix += step["text"].as_str().unwrap();
+            let cv = format!("{}:{scale}", vector.display());
+            let theirs = llama_completion(&bin, &model, &prompt, &["--control-vector-scaled", &cv]);
+            let name = vector.file_name().unwrap().to_string_lossy();
+            println!("{name} x {scale} {q:?}\n  bipo (to first near-tie): {ours_prefix:?}\n  llama.cpp:                {theirs:?}");
+            assert!(
+                theirs.starts_with(&ours_prefix),
+                "{name} x {scale}: bipo {ours_prefix:?} vs llama.cpp {theirs:?}"
+            );
         }
-        let theirs = Command::new(bin.join("llama-completion"))
-            .args([
-                "-m",
-                model.to_str().unwrap(),
-                "-p",
-                prompt,
-                "-n",
-                TOKENS,
-                "--temp",
-                "0",
-                "-t",
-                "2",
-                "-no-cnv",
-                "--ignore-eos",
-            ])
-            .arg("--control-vector-scaled")
-            .arg(format!("{}:{scale}", gguf.display()))
-            .output()
-            .unwrap();
-        ok(&theirs);
-        let out = String::from_utf8_lossy(&theirs.stdout).to_string();
-        // llama-completion echoes the prompt (special tokens dropped), then the text.
-        let theirs = out
-            .split_once("assistant\n")
-            .map(|(_, t)| t)
-            .unwrap_or(&out);
-        println!("scale {scale}\n  bipo (to first near-tie): {ours_prefix:?}\n  llama.cpp:                {theirs:?}");
-        assert!(
-            !ours_prefix.is_empty(),
-            "scale {scale}: near tie at the first token"
-        );
-        assert!(
-            theirs.starts_with(&ours_prefix),
-            "scale {scale}: bipo {ours_prefix:?} vs llama.cpp {theirs:?}"
-        );
     }
+    println!("{compared} tokens compared before near-ties");
+    assert!(
+        compared >= 30,
+        "too few tokens before near-ties to compare: {compared}"
+    );
+}
+
+/// The first `n` rows of a CSV file, written to `dst`.
+fn first_rows(src: &std::path::Path, n: usize, dst: &std::path::Path) -> PathBuf {
+    let text = std::fs::read_to_string(src).unwrap();
+    let kept: Vec<&str> = text.lines().take(n + 1).collect();
+    std::fs::write(dst, kept.join("\n") + "\n").unwrap();
+    dst.to_path_buf()
 }
 
 /// Greedy text of llama-completion (prompt echo removed).
@@ -124,7 +135,7 @@ fn llama_completion(
     bin: &std::path::Path,
     model: &std::path::Path,
     prompt: &str,
-    extra: &[String],
+    extra: &[&str],
 ) -> String {
     let out = Command::new(bin.join("llama-completion"))
         .arg("-m")
@@ -171,15 +182,8 @@ fn a_baked_model_in_llama_cpp_generates_what_the_control_vector_does() {
     ok(&out);
     let prompt = "<|im_start|>user\nHow are you feeling today?<|im_end|>\n<|im_start|>assistant\n";
     let from_baked = llama_completion(&bin, &baked, prompt, &[]);
-    let with_vector = llama_completion(
-        &bin,
-        &model,
-        prompt,
-        &[
-            "--control-vector-scaled".into(),
-            format!("{}:4", happy.display()),
-        ],
-    );
+    let cv = format!("{}:4", happy.display());
+    let with_vector = llama_completion(&bin, &model, prompt, &["--control-vector-scaled", &cv]);
     println!("baked:  {from_baked:?}\nvector: {with_vector:?}");
     assert_eq!(from_baked, with_vector);
 }

@@ -72,6 +72,10 @@ pub struct VectorReport {
     pub norms: BTreeMap<usize, f32>,
     /// Mean probability of the matching letter (A/B), per multiplier.
     pub ab_probability: Vec<Point>,
+    /// Mean probability of the letter A (whatever matches), per multiplier: a model at
+    /// chance with a letter bias shows it here.
+    #[serde(default)]
+    pub ab_letter_a: Vec<Point>,
     /// Mean log-prob margin matching - opposite (held-out pairs), per multiplier.
     pub pref_margin: Vec<Point>,
     /// Fraction of pairs whose margin is positive, per multiplier.
@@ -213,10 +217,22 @@ pub fn evaluate(
                 let diffs: Vec<f64> = lps.iter().map(|l| (l[0] - l[1]) as f64).collect();
                 let n = diffs.len() as f64;
                 if is_ab {
-                    let pm = lps.iter().map(|&l| ab::matching_probability(l) as f64);
+                    let pm: Vec<f64> = lps
+                        .iter()
+                        .map(|&l| ab::matching_probability(l) as f64)
+                        .collect();
+                    let items = data.ab.expect("A/B examples come from A/B items");
+                    let pa = pm
+                        .iter()
+                        .zip(items)
+                        .map(|(p, it)| if it.matching_is_b { 1.0 - p } else { *p });
+                    r.ab_letter_a.push(Point {
+                        multiplier: *mult,
+                        value: pa.sum::<f64>() / n,
+                    });
                     r.ab_probability.push(Point {
                         multiplier: *mult,
-                        value: pm.sum::<f64>() / n,
+                        value: pm.iter().sum::<f64>() / n,
                     });
                 } else {
                     r.pref_margin.push(Point {

@@ -20,6 +20,9 @@ const TOP: f32 = 60.0;
 const BOTTOM: f32 = 60.0;
 const TICKS: usize = 6;
 const TEXT: f32 = 13.0;
+const TITLE: f32 = 15.0;
+/// Characters per title line at the title size (monospace: ~0.62 em per character).
+const TITLE_CHARS: usize = ((WIDTH - 40.0) / (0.62 * 1.3 * TITLE)) as usize;
 /// Line colours (Okabe-Ito, readable by colour-blind people), cycled.
 const PALETTE: &[(u8, u8, u8)] = &[
     (0, 114, 178),
@@ -60,6 +63,21 @@ enum Shape {
     Poly(Vec<(f32, f32)>, (u8, u8, u8)),
     Dot(f32, f32, (u8, u8, u8)),
     Text(f32, f32, String, f32, Anchor),
+}
+
+/// Splits text into lines of at most `max` characters at spaces (a longer word stays whole).
+fn wrap(text: &str, max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= max => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 /// "Nice" tick values covering [lo, hi].
@@ -145,13 +163,11 @@ impl LineChart {
             1.5,
         ));
         out.push(Shape::Line([LEFT, TOP, LEFT, TOP + ph], black, 1.5));
-        out.push(Shape::Text(
-            WIDTH / 2.0,
-            28.0,
-            self.title.clone(),
-            16.0,
-            Anchor::Middle,
-        ));
+        for (i, line) in wrap(&self.title, TITLE_CHARS).into_iter().enumerate() {
+            let size = if i == 0 { TITLE } else { TEXT };
+            let y = 22.0 + 17.0 * i as f32;
+            out.push(Shape::Text(WIDTH / 2.0, y, line, size, Anchor::Middle));
+        }
         out.push(Shape::Text(
             LEFT + pw / 2.0,
             HEIGHT - 18.0,
@@ -362,6 +378,13 @@ mod tests {
         let pm = Pixmap::decode_png(&png).unwrap();
         let dark = pm.data().chunks(4).filter(|p| p[0] < 100).count();
         assert!(dark > 500, "{dark}");
+    }
+
+    #[test]
+    fn long_titles_wrap_at_spaces() {
+        assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("abcdefgh ij", 4), vec!["abcdefgh", "ij"]);
+        assert!(TITLE_CHARS > 50 && TITLE_CHARS < 100, "{TITLE_CHARS}");
     }
 
     #[test]

@@ -54,6 +54,12 @@ const METRICS: &[Metric] = &[
         |r| &r.ab_probability,
     ),
     (
+        "ab_letter_a",
+        "A/B: probability of the letter A (letter bias)",
+        "p(A)",
+        |r| &r.ab_letter_a,
+    ),
+    (
         "pref_margin",
         "Held-out pairs: mean log-prob margin",
         "logp(matching) - logp(opposite)",
@@ -212,6 +218,14 @@ impl Report {
                 )
             })
             .collect()
+    }
+
+    /// Reads `dir/report.json`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let p = dir.join("report.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&p, format!("not a bipo report: {e}")))
     }
 
     /// Writes report.json, report.md and the plots into `dir` (created if needed).
