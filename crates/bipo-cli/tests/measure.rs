@@ -226,6 +226,9 @@ fn a_layer_sweep_scores_every_requested_layer() {
     );
     // The unsteered probability does not depend on which layer's vector is tried.
     assert_eq!(rows[0]["p_zero"], rows[1]["p_zero"]);
+    assert_eq!(rows[0]["margin_zero"], rows[1]["margin_zero"]);
+    assert!(rows.iter().all(|r| r["margin_effect"].is_f64()));
+    assert!(out.join("sweep-margin.png").is_file());
     assert!(out.join("sweep.png").is_file() && out.join("sweep.md").is_file());
 }
 

@@ -23,6 +23,9 @@ pub struct Args {
     /// A/B questions scored at every layer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
+    /// Held-out free-text pairs, also scored at every layer (mean log-prob margin).
+    #[arg(long, value_name = "FILE")]
+    pairs: Option<PathBuf>,
     /// Layers to try, e.g. 4-20 (default: all).
     #[arg(long, value_name = "A-B")]
     layers: Option<String>,
@@ -96,9 +99,16 @@ pub fn run(a: Args) -> Result<()> {
         batch: DEFAULT_EVAL_BATCH,
         system: None,
     };
+    let pairs = a
+        .pairs
+        .as_ref()
+        .map(|p| {
+            bipo::data::load_pairs(p).map(|d| d.pairs.into_iter().take(a.limit).collect::<Vec<_>>())
+        })
+        .transpose()?;
     let data = EvalData {
         ab: Some(&items),
-        pairs: None,
+        pairs: pairs.as_deref(),
         neutral: &[],
     };
     let pb = bar(layers.len() as u64);
@@ -116,10 +126,17 @@ pub fn run(a: Args) -> Result<()> {
             |_, _, _| {},
         )?;
         let p: Vec<f64> = r[0].ab_probability.iter().map(|p| p.value).collect();
-        rows.push(serde_json::json!({
+        let mut row = serde_json::json!({
             "layer": l, "norm": v.norms()[&l], "p_minus": p[0], "p_zero": p[1], "p_plus": p[2],
             "effect": p[2] - p[0],
-        }));
+        });
+        if let [lo, zero, hi] = r[0].pref_margin.as_slice() {
+            row["margin_minus"] = lo.value.into();
+            row["margin_zero"] = zero.value.into();
+            row["margin_plus"] = hi.value.into();
+            row["margin_effect"] = (hi.value - lo.value).into();
+        }
+        rows.push(row);
         pb.set_position(i as u64 + 1);
     }
     pb.finish_and_clear();
@@ -154,6 +171,28 @@ pub fn run(a: Args) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out)?;
     chart.write(&a.out.join("sweep"))?;
+    if pairs.is_some() {
+        LineChart {
+            title: format!("CAA layer sweep: held-out log-prob margin at multiplier -{m}, 0, +{m}"),
+            x_label: "layer".into(),
+            y_label: "logp(matching) - logp(opposite)".into(),
+            series: vec![
+                Series {
+                    name: format!("+{m}"),
+                    points: get("margin_plus"),
+                },
+                Series {
+                    name: "0".into(),
+                    points: get("margin_zero"),
+                },
+                Series {
+                    name: format!("-{m}"),
+                    points: get("margin_minus"),
+                },
+            ],
+        }
+        .write(&a.out.join("sweep-margin"))?;
+    }
     let mut md = format!(
         "# CAA layer sweep\n\n- model: `{}`\n- command: `{}`\n- A/B questions: {} from `{}`\n\n![sweep](sweep.png)\n\n| layer | CAA norm | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n|---|---|---|---|---|---|\n",
         lm.model.info.source,

@@ -85,8 +85,11 @@ pub struct VectorReport {
     /// Mean KL(unsteered || steered) per token on neutral text, per multiplier.
     pub kl: Vec<Point>,
     pub perplexity: Vec<Point>,
-    /// Examples per second of one A/B pass (one multiplier).
+    /// Examples per second of one A/B pass (one non-zero multiplier, prefix cached).
     pub ab_examples_per_s: Option<f64>,
+    /// Examples per second of one held-out-pairs pass (one non-zero multiplier).
+    #[serde(default)]
+    pub pref_examples_per_s: Option<f64>,
 }
 
 /// The data an evaluation runs on.
@@ -211,8 +214,13 @@ pub fn evaluate(
                 );
                 let t0 = Instant::now();
                 let lps = p.response_logps(s, opts.batch)?;
-                if is_ab && !s.is_empty() {
-                    r.ab_examples_per_s = Some(lps.len() as f64 / t0.elapsed().as_secs_f64());
+                if !s.is_empty() {
+                    let rate = Some(lps.len() as f64 / t0.elapsed().as_secs_f64());
+                    if is_ab {
+                        r.ab_examples_per_s = rate;
+                    } else {
+                        r.pref_examples_per_s = rate;
+                    }
                 }
                 let diffs: Vec<f64> = lps.iter().map(|l| (l[0] - l[1]) as f64).collect();
                 let n = diffs.len() as f64;
