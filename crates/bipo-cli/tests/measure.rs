@@ -205,6 +205,8 @@ fn a_layer_sweep_scores_every_requested_layer() {
         "--skip-invalid-rows",
         "--data",
         &shared("wealth-seeking", "test_infer.csv"),
+        "--pairs",
+        &shared("wealth-seeking", "test.csv"),
         "--layers",
         "4-5",
         "--limit",
