@@ -87,6 +87,17 @@ impl SteerArgs {
     }
 }
 
+/// The chat template: a built-in one by name, else the model's own.
+pub fn chat_template(lm: &LoadedModel, builtin: Option<&str>) -> Result<ChatTemplate> {
+    match builtin {
+        Some(name) => Ok(ChatTemplate::builtin(name)?),
+        None => lm
+            .chat_template
+            .clone()
+            .context("the model has no chat template: pass --template llama2|mistral"),
+    }
+}
+
 /// How a question becomes a prompt.
 #[derive(Args, Clone, Debug, Default)]
 pub struct PromptArgs {
@@ -103,13 +114,7 @@ pub struct PromptArgs {
 
 impl PromptArgs {
     pub fn template(&self, lm: &LoadedModel) -> Result<ChatTemplate> {
-        match &self.template {
-            Some(name) => Ok(ChatTemplate::builtin(name)?),
-            None => lm
-                .chat_template
-                .clone()
-                .context("the model has no chat template: pass --template llama2|mistral"),
-        }
+        chat_template(lm, self.template.as_deref())
     }
 
     /// Prompt text for a conversation (chat) or the raw prompt.

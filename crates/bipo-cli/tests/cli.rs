@@ -1,38 +1,21 @@
 //! The `bipo` binary end to end: output on the default model, and one clear error line
 //! with a non-zero exit code for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{bipo, model, root};
 
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{Device, Tensor};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model() -> String {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
-}
 
 fn happy() -> String {
     root()
         .join("../shared/reference/smollm2-135m-instruct-q4_1/happy-control-vector.gguf")
         .to_string_lossy()
         .into_owned()
-}
-
-fn bipo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bipo"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {

@@ -1,22 +1,12 @@
 //! `bipo baseline`, `eval`, `compare` and `sweep-layers` end to end on the default
 //! model, on a few examples so CI stays quick.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::path::Path;
+use std::process::Output;
 
-fn model() -> String {
-    let p = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} missing: run scripts/fetch-model.sh",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
-}
+use common::{bipo, model, root};
 
 fn shared(behaviour: &str, file: &str) -> String {
     let p = root()
@@ -25,14 +15,6 @@ fn shared(behaviour: &str, file: &str) -> String {
         .join(file);
     assert!(p.is_file(), "{} missing", p.display());
     p.to_string_lossy().into_owned()
-}
-
-fn bipo(args: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_bipo"))
-        .args(args)
-        .output()
-        .unwrap();
-    o
 }
 
 fn ok(o: &Output) {

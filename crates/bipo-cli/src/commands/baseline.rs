@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use bipo::baselines::{self, PairDiffs, ReadAt};
 use bipo::eval::ab;
 use bipo::load::LoadedModel;
+use bipo::text::ChatTemplate;
 use bipo::{SteeringVector, VectorMeta};
 
 use crate::args::ModelArgs;
@@ -48,6 +49,9 @@ pub struct Args {
     /// System prompt for the chat template.
     #[arg(long)]
     system: Option<String>,
+    /// Built-in template (llama2, mistral) instead of the model's own.
+    #[arg(long)]
+    template: Option<String>,
     /// Output vector file (.safetensors or .gguf).
     #[arg(long, short = 'o', value_name = "FILE")]
     out: PathBuf,
@@ -56,16 +60,13 @@ pub struct Args {
 /// Per-layer pair differences on `data` (A/B: at the letter; pairs: per `read_at`).
 pub fn differences(
     lm: &LoadedModel,
+    template: &ChatTemplate,
     data: &Path,
     layers: &[usize],
     read_at: ReadAt,
     system: Option<&str>,
     skip_invalid: bool,
 ) -> Result<(PairDiffs, String)> {
-    let template = lm
-        .chat_template
-        .clone()
-        .context("the model has no chat template")?;
     if let Some(&l) = layers.iter().find(|&&l| l >= lm.model.num_layers()) {
         bail!(
             "invalid --layer {l}: the model has {} layers",
@@ -73,13 +74,13 @@ pub fn differences(
         );
     }
     let examples = if ab::is_ab_file(data) {
-        ab::examples(&ab::load_ab(data)?, &lm.tokenizer, &template, system)?
+        ab::examples(&ab::load_ab(data)?, &lm.tokenizer, template, system)?
     } else {
         let d = bipo::data::load_pairs_with(data, skip_invalid)?;
         for s in &d.skipped {
             eprintln!("skipped {s}");
         }
-        let mut ex = bipo::train::bipo::tokenize(&d.pairs, &lm.tokenizer, &template, system)?;
+        let mut ex = bipo::train::bipo::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
         // Read the answer itself, not the end-of-sequence token appended for training.
         for e in &mut ex {
             e.responses.iter_mut().for_each(|r| {
@@ -161,8 +162,10 @@ pub fn run(a: Args) -> Result<()> {
         }
         let lm = model.load()?;
         let read_at: ReadAt = a.read_at.parse()?;
+        let template = crate::args::chat_template(&lm, a.template.as_deref())?;
         let (d, sha) = differences(
             &lm,
+            &template,
             data,
             &a.layers,
             read_at,

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bipo::train::bipo::{tokenize, Prepared};
 use bipo::train::trainer::{epoch_order, step_direction};
 use candle_core::{Tensor, Var};
@@ -75,10 +75,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 pub fn run(a: Args) -> Result<()> {
     let ds = bipo::data::load_pairs_with(&a.data, true)?;
     let lm = a.model.load()?;
-    let template = lm
-        .chat_template
-        .clone()
-        .context("model has no chat template")?;
+    let template = crate::args::chat_template(&lm, None)?;
     let ex = tokenize(&ds.pairs, &lm.tokenizer, &template, None)?;
     let n = ex.len();
     let t0 = Instant::now();

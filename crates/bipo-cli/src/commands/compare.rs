@@ -48,8 +48,10 @@ pub fn run(a: Args) -> Result<()> {
         None => *bipo_v.layers.keys().next().expect("validated"),
     };
     let read_at: ReadAt = a.read_at.parse()?;
+    let template = crate::args::chat_template(&lm, a.flags.template.as_deref())?;
     let (d, sha) = differences(
         &lm,
+        &template,
         &a.train,
         &[layer],
         read_at,

@@ -114,13 +114,7 @@ pub fn run_eval(
     mut extra_data: Vec<DataFile>,
     title: &str,
 ) -> Result<Report> {
-    let template = match &flags.template {
-        Some(t) => bipo::text::ChatTemplate::builtin(t)?,
-        None => lm
-            .chat_template
-            .clone()
-            .context("the model has no chat template: pass --template llama2|mistral")?,
-    };
+    let template = crate::args::chat_template(lm, flags.template.as_deref())?;
     let cut = |n: usize| flags.limit.map_or(n, |l| l.min(n));
     let (mut ab_items, mut pairs): (Option<Vec<AbItem>>, Option<Vec<_>>) = (None, None);
     let mut files = Vec::new();

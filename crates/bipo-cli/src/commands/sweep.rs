@@ -23,6 +23,9 @@ pub struct Args {
     /// A/B questions scored at every layer.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
+    /// Built-in template (llama2, mistral) instead of the model's own.
+    #[arg(long)]
+    template: Option<String>,
     /// Held-out free-text pairs, also scored at every layer (mean log-prob margin).
     #[arg(long, value_name = "FILE")]
     pairs: Option<PathBuf>,
@@ -79,8 +82,10 @@ pub fn run(a: Args) -> Result<()> {
         w.flush()?;
         p
     };
+    let template = crate::args::chat_template(&lm, a.template.as_deref())?;
     let (diffs, _) = differences(
         &lm,
+        &template,
         &train,
         &layers,
         a.read_at.parse::<ReadAt>()?,
@@ -89,10 +94,6 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let mut items = ab::load_ab(&a.data)?;
     items.truncate(a.limit);
-    let template = lm
-        .chat_template
-        .clone()
-        .context("the model has no chat template")?;
     let m = a.multiplier;
     let opts = EvalOptions {
         multipliers: vec![-m, 0.0, m],

@@ -140,13 +140,7 @@ pub fn run(a: Args) -> Result<()> {
             lm.model.num_layers() - 1
         );
     }
-    let template = match &cfg.template {
-        Some(t) => bipo::text::ChatTemplate::builtin(t)?,
-        None => lm
-            .chat_template
-            .clone()
-            .context("the model has no chat template: pass --template llama2|mistral")?,
-    };
+    let template = crate::args::chat_template(&lm, cfg.template.as_deref())?;
     let model_sha = if lm.path.is_file() {
         Some(bipo::util::file_sha256(&lm.path)?)
     } else {
