@@ -145,6 +145,8 @@ fn baselines_then_compare_write_a_full_report_with_plots_and_judge_scores() {
         "pref_accuracy",
         "kl",
         "perplexity",
+        "steerability_ab",
+        "steerability_pref",
     ] {
         assert!(
             out.join(format!("{stem}.png")).is_file() && out.join(format!("{stem}.svg")).is_file(),

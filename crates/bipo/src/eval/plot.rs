@@ -16,9 +16,11 @@ const WIDTH: f32 = 880.0;
 const HEIGHT: f32 = 520.0;
 const LEFT: f32 = 80.0;
 const RIGHT: f32 = 240.0;
-const TOP: f32 = 60.0;
+const TOP: f32 = 72.0;
 const BOTTOM: f32 = 60.0;
 const TICKS: usize = 6;
+/// Series with more points than this are drawn without point markers.
+const MAX_MARKERS: usize = 40;
 const TEXT: f32 = 13.0;
 const TITLE: f32 = 15.0;
 /// Characters per title line at the title size (monospace: ~0.62 em per character).
@@ -190,7 +192,10 @@ impl LineChart {
                 .filter(|(x, y)| x.is_finite() && y.is_finite())
                 .map(|&(x, y)| (sx(x), sy(y)))
                 .collect();
-            p.iter().for_each(|&(x, y)| out.push(Shape::Dot(x, y, c)));
+            // Markers only where they stay readable.
+            if p.len() <= MAX_MARKERS {
+                p.iter().for_each(|&(x, y)| out.push(Shape::Dot(x, y, c)));
+            }
             out.push(Shape::Poly(p, c));
             let ly = TOP + 10.0 + 22.0 * i as f32;
             let lx = LEFT + pw + 16.0;

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::plot::{LineChart, Series};
-use super::{Point, VectorReport};
+use super::{Point, Steerability, VectorReport};
 use crate::error::{Error, Result};
 
 /// A data file the report was made from.
@@ -162,6 +162,7 @@ impl Report {
             .collect();
         if !st.is_empty() {
             s += "\n## Per-sample steerability (slope of each sample's metric vs multiplier)\n\n\
+                  ![steerability_pref](steerability_pref.png) ![steerability_ab](steerability_ab.png)\n\n\
                   | vector | metric | mean | std | p10 | median | p90 | anti-steerable |\n|---|---|---|---|---|---|---|---|\n";
             for (v, x) in st {
                 let q = |i: usize| x.quantiles.get(i).copied().map_or("-".into(), fmt);
@@ -191,6 +192,54 @@ impl Report {
 
     /// The charts: one per metric that has data.
     pub fn charts(&self) -> Vec<(&'static str, LineChart)> {
+        let mut charts = self.metric_charts();
+        type Get = fn(&VectorReport) -> Option<&Steerability>;
+        let kinds: [(&str, &str, Get); 2] = [
+            ("steerability_ab", "A/B", |v| v.steerability_ab.as_ref()),
+            ("steerability_pref", "held-out pairs", |v| {
+                v.steerability_pref.as_ref()
+            }),
+        ];
+        for (stem, what, get) in kinds {
+            // The distribution as a quantile curve: sorted slopes against their rank.
+            let series: Vec<Series> = self
+                .vectors
+                .iter()
+                .filter_map(|v| get(v).map(|s| (v, s)))
+                .filter(|(_, s)| s.slopes.len() > 1)
+                .map(|(v, s)| {
+                    let mut sorted = s.slopes.clone();
+                    sorted.sort_by(f64::total_cmp);
+                    let n = (sorted.len() - 1) as f64;
+                    Series {
+                        name: v.name.clone(),
+                        points: sorted
+                            .iter()
+                            .enumerate()
+                            .map(|(i, y)| (i as f64 / n, *y))
+                            .collect(),
+                    }
+                })
+                .collect();
+            if !series.is_empty() {
+                charts.push((
+                    stem,
+                    LineChart {
+                        title: format!(
+                            "Per-sample steerability, {what}: slopes sorted ({})",
+                            self.title
+                        ),
+                        x_label: "fraction of samples".into(),
+                        y_label: "slope of the sample's metric per unit multiplier".into(),
+                        series,
+                    },
+                ));
+            }
+        }
+        charts
+    }
+
+    fn metric_charts(&self) -> Vec<(&'static str, LineChart)> {
         METRICS
             .iter()
             .filter(|(_, _, _, get)| self.vectors.iter().any(|v| !get(v).is_empty()))
