@@ -180,6 +180,8 @@ fn json_line(l: &str) -> serde_json::Value {
 fn a_layer_sweep_scores_every_requested_layer() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("sweep");
+    let cfg = d.path().join("bipo.toml");
+    std::fs::write(&cfg, "warmup_steps = 1\nlr = 0.01\n").unwrap();
     ok(&bipo(&[
         "sweep-layers",
         "-m",
@@ -197,6 +199,10 @@ fn a_layer_sweep_scores_every_requested_layer() {
         "3",
         "--train-limit",
         "6",
+        "--bipo-steps",
+        "2",
+        "--bipo-config",
+        cfg.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
         "--threads",
@@ -215,6 +221,9 @@ fn a_layer_sweep_scores_every_requested_layer() {
     assert_eq!(rows[0]["margin_zero"], rows[1]["margin_zero"]);
     assert!(rows.iter().all(|r| r["margin_effect"].is_f64()));
     assert!(out.join("sweep-margin.png").is_file());
+    // The short BiPO runs were trained and scored at each layer.
+    assert!(rows.iter().all(|r| r["bipo_margin_effect"].is_f64()));
+    assert!(out.join("bipo-L4/vector.safetensors").is_file());
     assert!(out.join("sweep.png").is_file() && out.join("sweep.md").is_file());
 }
 
@@ -246,4 +255,57 @@ fn eval_errors_name_the_bad_file_and_line() {
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--like"));
+}
+
+#[test]
+fn compare_without_a_vector_trains_bipo_itself_and_records_the_run() {
+    let d = tempfile::tempdir().unwrap();
+    let train = head(
+        &shared("power-seeking", "train.csv"),
+        8,
+        &d.path().join("train.csv"),
+    );
+    let cfg = d.path().join("bipo.toml");
+    std::fs::write(
+        &cfg,
+        "layer = 5\nepochs = 1\nmax_steps = 2\nwarmup_steps = 1\nlr = 0.01\n",
+    )
+    .unwrap();
+    let out = d.path().join("cmp");
+    ok(&bipo(&[
+        "compare",
+        "-m",
+        &model(),
+        "--bipo-config",
+        cfg.to_str().unwrap(),
+        "--train",
+        &train,
+        "--data",
+        &shared("power-seeking", "test.csv"),
+        "--limit",
+        "2",
+        "--multipliers=-1,0,1",
+        "--no-damage",
+        "--open-ended",
+        "0",
+        "-o",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]));
+    let run = out.join("bipo-run");
+    assert!(run.join("vector.safetensors").is_file() && run.join("run.json").is_file());
+    let steps = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        steps
+            .lines()
+            .filter(|l| l.contains("\"type\":\"step\""))
+            .count(),
+        2
+    );
+    let v = bipo::io::read_vector(&out.join("vectors/bipo.safetensors")).unwrap();
+    assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [5]);
+    assert!(v.norms()[&5] > 0.0, "two steps moved the vector off zero");
+    let r = json(&out.join("report.json"));
+    assert_eq!(r["vectors"].as_array().unwrap().len(), 4);
 }

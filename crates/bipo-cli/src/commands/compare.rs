@@ -15,9 +15,13 @@ use crate::commands::eval::{run_eval, EvalFlags};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// The BiPO vector (from `bipo train`) to compare.
+    /// The BiPO vector (from `bipo train`) to compare; without it, BiPO is trained here
+    /// on --train (settings: --bipo-config, else the defaults; output in OUT/bipo-run).
     #[arg(long, value_name = "FILE")]
-    bipo: PathBuf,
+    bipo: Option<PathBuf>,
+    /// TOML training settings for the BiPO run when --bipo is not given.
+    #[arg(long, value_name = "FILE")]
+    bipo_config: Option<PathBuf>,
     /// Training pairs the baselines are computed from (the data BiPO was trained on).
     #[arg(long, value_name = "FILE")]
     train: PathBuf,
@@ -39,10 +43,33 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let lm = a.model.load()?;
-    let mut bipo_v = bipo::io::read_vector(&a.bipo)?;
-    bipo_v
-        .check_fits(lm.model.hidden_size(), lm.model.num_layers())
-        .with_context(|| a.bipo.display().to_string())?;
+    let mut bipo_v = match &a.bipo {
+        Some(p) => {
+            let v = bipo::io::read_vector(p)?;
+            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+                .with_context(|| p.display().to_string())?;
+            v
+        }
+        None => {
+            let mut cfg = match &a.bipo_config {
+                Some(p) => bipo::train::TrainConfig::from_toml(p)?,
+                None => bipo::train::TrainConfig::default(),
+            };
+            if let Some(l) = a.layer {
+                cfg.layer = l;
+            }
+            if cfg.layer >= lm.model.num_layers() {
+                anyhow::bail!(
+                    "invalid layer {}: the model has {} layers",
+                    cfg.layer,
+                    lm.model.num_layers()
+                );
+            }
+            let data = bipo::data::load_pairs_with(&a.train, a.skip_invalid_rows)?;
+            let out = a.flags.out.join("bipo-run");
+            crate::commands::bipo_run::train(&lm, &cfg, &data, &a.train, &out, "bipo")?
+        }
+    };
     let layer = match a.layer {
         Some(l) => l,
         None => *bipo_v.layers.keys().next().expect("validated"),

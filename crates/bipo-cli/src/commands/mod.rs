@@ -2,6 +2,7 @@ pub mod bake;
 pub mod baseline;
 pub mod bench;
 pub mod bench_train;
+pub mod bipo_run;
 pub mod chat;
 pub mod compare;
 pub mod eval;

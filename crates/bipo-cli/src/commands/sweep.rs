@@ -46,6 +46,13 @@ pub struct Args {
     read_at: String,
     #[arg(long)]
     skip_invalid_rows: bool,
+    /// Also train a short BiPO run of this many steps at every layer and score it the
+    /// same way (0 = CAA only). Runs go to OUT/bipo-L<layer>/.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    bipo_steps: usize,
+    /// TOML training settings for those runs (layer and step count are set per run).
+    #[arg(long, value_name = "FILE")]
+    bipo_config: Option<PathBuf>,
     /// Output folder: sweep.json, sweep.md, sweep.png, sweep.svg.
     #[arg(long, short = 'o', value_name = "DIR")]
     out: PathBuf,
@@ -118,24 +125,40 @@ pub fn run(a: Args) -> Result<()> {
         pb.set_message(format!("layer {l}"));
         let one = bipo::baselines::PairDiffs::from([(l, diffs[&l].clone())]);
         let v = baselines::caa(&one, meta(&format!("caa-L{l}"), "caa", Some(&lm), &[]));
-        let r = bipo::eval::evaluate(
-            &lm,
-            &template,
-            std::slice::from_ref(&v),
-            &data,
-            &opts,
-            |_, _, _| {},
-        )?;
+        let mut vectors = vec![v.clone()];
+        if a.bipo_steps > 0 {
+            let mut cfg = match &a.bipo_config {
+                Some(p) => bipo::train::TrainConfig::from_toml(p)?,
+                None => bipo::train::TrainConfig::default(),
+            };
+            cfg.layer = l;
+            cfg.max_steps = Some(a.bipo_steps);
+            let d = bipo::data::load_pairs(&train)?;
+            let out = a.out.join(format!("bipo-L{l}"));
+            let name = format!("bipo-L{l}");
+            vectors.push(crate::commands::bipo_run::train(
+                &lm, &cfg, &d, &train, &out, &name,
+            )?);
+        }
+        let r = bipo::eval::evaluate(&lm, &template, &vectors, &data, &opts, |_, _, _| {})?;
         let p: Vec<f64> = r[0].ab_probability.iter().map(|p| p.value).collect();
         let mut row = serde_json::json!({
             "layer": l, "norm": v.norms()[&l], "p_minus": p[0], "p_zero": p[1], "p_plus": p[2],
             "effect": p[2] - p[0],
         });
-        if let [lo, zero, hi] = r[0].pref_margin.as_slice() {
-            row["margin_minus"] = lo.value.into();
-            row["margin_zero"] = zero.value.into();
-            row["margin_plus"] = hi.value.into();
-            row["margin_effect"] = (hi.value - lo.value).into();
+        for (prefix, vr) in ["", "bipo_"].iter().zip(&r) {
+            if let [lo, zero, hi] = vr.ab_probability.as_slice() {
+                row[format!("{prefix}p_minus")] = lo.value.into();
+                row[format!("{prefix}p_plus")] = hi.value.into();
+                row[format!("{prefix}effect")] = (hi.value - lo.value).into();
+                row["p_zero"] = zero.value.into();
+            }
+            if let [lo, zero, hi] = vr.pref_margin.as_slice() {
+                row[format!("{prefix}margin_minus")] = lo.value.into();
+                row["margin_zero"] = zero.value.into();
+                row[format!("{prefix}margin_plus")] = hi.value.into();
+                row[format!("{prefix}margin_effect")] = (hi.value - lo.value).into();
+            }
         }
         rows.push(row);
         pb.set_position(i as u64 + 1);
@@ -151,51 +174,56 @@ pub fn run(a: Args) -> Result<()> {
             })
             .collect()
     };
-    let chart = LineChart {
-        title: format!("CAA layer sweep: p(matching) at multiplier -{m}, 0, +{m}"),
-        x_label: "layer".into(),
-        y_label: "p(matching answer)".into(),
-        series: vec![
+    // One chart per metric: CAA at -m, 0, +m (and BiPO at -m, +m when trained).
+    let series = |key: &str| -> Vec<Series> {
+        let mut out = vec![
             Series {
-                name: format!("+{m}"),
-                points: get("p_plus"),
+                name: format!("caa +{m}"),
+                points: get(&format!("{key}_plus")),
             },
             Series {
                 name: "0".into(),
-                points: get("p_zero"),
+                points: get(&format!("{key}_zero")),
             },
             Series {
-                name: format!("-{m}"),
-                points: get("p_minus"),
+                name: format!("caa -{m}"),
+                points: get(&format!("{key}_minus")),
             },
-        ],
+        ];
+        if a.bipo_steps > 0 {
+            out.push(Series {
+                name: format!("bipo +{m}"),
+                points: get(&format!("bipo_{key}_plus")),
+            });
+            out.push(Series {
+                name: format!("bipo -{m}"),
+                points: get(&format!("bipo_{key}_minus")),
+            });
+        }
+        out
     };
     std::fs::create_dir_all(&a.out)?;
-    chart.write(&a.out.join("sweep"))?;
+    LineChart {
+        title: format!("Layer sweep: p(matching) at multiplier -{m}, 0, +{m}"),
+        x_label: "layer".into(),
+        y_label: "p(matching answer)".into(),
+        series: series("p"),
+    }
+    .write(&a.out.join("sweep"))?;
     if pairs.is_some() {
         LineChart {
-            title: format!("CAA layer sweep: held-out log-prob margin at multiplier -{m}, 0, +{m}"),
+            title: format!("Layer sweep: held-out log-prob margin at multiplier -{m}, 0, +{m}"),
             x_label: "layer".into(),
             y_label: "logp(matching) - logp(opposite)".into(),
-            series: vec![
-                Series {
-                    name: format!("+{m}"),
-                    points: get("margin_plus"),
-                },
-                Series {
-                    name: "0".into(),
-                    points: get("margin_zero"),
-                },
-                Series {
-                    name: format!("-{m}"),
-                    points: get("margin_minus"),
-                },
-            ],
+            series: series("margin"),
         }
         .write(&a.out.join("sweep-margin"))?;
     }
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let mut md = format!(
-        "# CAA layer sweep\n\n- model: `{}`\n- command: `{}`\n- A/B questions: {} from `{}`\n\n![sweep](sweep.png)\n\n| layer | CAA norm | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n|---|---|---|---|---|---|\n",
+        "# Layer sweep\n\n- model: `{}`\n- command: `{}`\n- A/B questions: {} from `{}`\n\n\
+         ![sweep](sweep.png)\n\n\
+         | layer | CAA norm | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n|---|---|---|---|---|---|\n",
         lm.model.info.source,
         std::env::args().collect::<Vec<_>>().join(" "),
         items.len(),
@@ -205,12 +233,42 @@ pub fn run(a: Args) -> Result<()> {
         md += &format!(
             "| {} | {:.2} | {:.4} | {:.4} | {:.4} | {:+.4} |\n",
             r["layer"],
-            r["norm"].as_f64().unwrap_or(0.0),
-            r["p_minus"].as_f64().unwrap_or(0.0),
-            r["p_zero"].as_f64().unwrap_or(0.0),
-            r["p_plus"].as_f64().unwrap_or(0.0),
-            r["effect"].as_f64().unwrap_or(0.0)
+            f(r, "norm"),
+            f(r, "p_minus"),
+            f(r, "p_zero"),
+            f(r, "p_plus"),
+            f(r, "effect")
         );
+    }
+    if pairs.is_some() {
+        md += &format!(
+            "\n![sweep-margin](sweep-margin.png)\n\n\
+             | layer | margin(-{m}) | margin(0) | margin(+{m}) | effect |\n|---|---|---|---|---|\n"
+        );
+        for r in &rows {
+            md += &format!(
+                "| {} | {:.3} | {:.3} | {:.3} | {:+.3} |\n",
+                r["layer"],
+                f(r, "margin_minus"),
+                f(r, "margin_zero"),
+                f(r, "margin_plus"),
+                f(r, "margin_effect")
+            );
+        }
+    }
+    if a.bipo_steps > 0 {
+        md += &format!(
+            "\nBiPO, {} steps per layer:\n\n| layer | p effect | margin effect |\n|---|---|---|\n",
+            a.bipo_steps
+        );
+        for r in &rows {
+            md += &format!(
+                "| {} | {:+.4} | {:+.3} |\n",
+                r["layer"],
+                f(r, "bipo_effect"),
+                f(r, "bipo_margin_effect")
+            );
+        }
     }
     let best = rows.iter().max_by(|x, y| {
         x["effect"]
