@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Regenerates docs/results/<behaviour>/ : BiPO trained on the paper's train split, then
 # `bipo compare` (BiPO, CAA, PCA, random) on the held-out A/B questions and pairs.
-# Usage: docs/results/run.sh [behaviour...]   (default: power-seeking wealth-seeking)
+# Usage: docs/results/run.sh [behaviour...]   (default: all three)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 bipo=./target/release/bipo
 data=${BIPO_DATA:-../shared/data/bipo}
-for b in "${@:-power-seeking wealth-seeking}"; do
+for b in "${@:-power-seeking wealth-seeking hallucination}"; do
   for beh in $b; do
     $bipo train -m $model --data $data/$beh/train.csv --skip-invalid-rows \
       --config configs/results-personas.toml -o out/results/$beh/bipo --threads 2
