@@ -270,14 +270,23 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
-    let best = rows.iter().max_by(|x, y| {
-        x["effect"]
-            .as_f64()
-            .unwrap_or(f64::MIN)
-            .total_cmp(&y["effect"].as_f64().unwrap_or(f64::MIN))
-    });
-    if let Some(b) = best {
-        md += &format!("\nLargest effect: layer {}.\n", b["layer"]);
+    // The layer with the largest effect, per metric that was measured.
+    for (key, what) in [
+        ("effect", "A/B effect"),
+        ("margin_effect", "margin effect"),
+        ("bipo_margin_effect", "BiPO margin effect"),
+    ] {
+        let best = rows
+            .iter()
+            .filter(|r| r[key].is_f64())
+            .max_by(|x, y| f(x, key).total_cmp(&f(y, key)));
+        if let Some(b) = best {
+            md += &format!(
+                "\nLargest {what}: layer {} ({:+.4}).\n",
+                b["layer"],
+                f(b, key)
+            );
+        }
     }
     bipo::util::write_atomic(
         &a.out.join("sweep.json"),
