@@ -98,9 +98,9 @@ fn baselines_then_compare_write_a_full_report_with_plots_and_judge_scores() {
     let neutral = d.path().join("neutral.txt");
     std::fs::write(&neutral, "The train leaves at noon from platform two.\n\nWater boils at one hundred degrees at sea level.\n").unwrap();
     ok(&bipo(&[
+        "compare",
         "--neutral",
         neutral.to_str().unwrap(),
-        "compare",
         "-m",
         &m,
         "--bipo",
