@@ -252,3 +252,24 @@ fn a_repeng_exported_file_reads_with_repengs_layer_numbers() {
     assert_eq!(v.layers[&3], want);
     assert_eq!(v.layers[&5], want.iter().map(|x| -x).collect::<Vec<_>>());
 }
+
+/// Inputs that once crashed a fuzz target (kept in fuzz/regressions/): each must now be
+/// a clear error.
+#[test]
+fn fuzz_regressions_are_clear_errors() {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/model_gguf_header");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let e = bipo::load::gguf::GgufFile::open(&p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&*p.file_name().unwrap().to_string_lossy()),
+            "{e}"
+        );
+        n += 1;
+    }
+    assert!(n >= 1, "no regression inputs in {}", dir.display());
+}

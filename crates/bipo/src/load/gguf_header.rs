@@ -212,6 +212,12 @@ pub fn parse(reader: impl Read, len: u64) -> Res<Content> {
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .filter(|&n| n <= len.saturating_mul(8))
             .ok_or_else(|| format!("tensor `{name}`: shape {dims:?} is larger than the file"))?;
+        // An empty tensor is meaningless, and candle would build a typed slice from the
+        // dangling (byte-aligned) pointer of an empty buffer: found by fuzzing with
+        // debug assertions (`fuzz/regressions/`).
+        if elems == 0 {
+            return Err(format!("tensor `{name}` has no elements (shape {dims:?})"));
+        }
         let block = dt.block_size() as u64;
         if elems % block != 0 || dims.first().is_some_and(|&d| d % block != 0) {
             return Err(format!(
@@ -353,6 +359,7 @@ mod tests {
             (build(&[], &[("t", &[30], 2, 0)], &[0; 64]), "blocks of 32"),
             (build(&[("a", 99, vec![])], &[], &[]), "unknown value type"),
             (build(&[("a", 7, vec![2])], &[], &[]), "bool byte"),
+            (build(&[], &[("t", &[0, 4], 0, 0)], &[0; 16]), "no elements"),
         ];
         for (bytes, want) in cases {
             let e = parse_bytes(&bytes).err().unwrap_or_default();
