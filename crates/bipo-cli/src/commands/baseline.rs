@@ -73,7 +73,8 @@ pub fn differences(
             lm.model.num_layers()
         );
     }
-    let examples = if ab::is_ab_file(data) {
+    let is_ab = ab::is_ab_file(data);
+    let examples = if is_ab {
         ab::examples(&ab::load_ab(data)?, &lm.tokenizer, template, system)?
     } else {
         let d = bipo::data::load_pairs_with(data, skip_invalid)?;
@@ -91,11 +92,7 @@ pub fn differences(
         }
         ex
     };
-    let read_at = if ab::is_ab_file(data) {
-        ReadAt::Last
-    } else {
-        read_at
-    };
+    let read_at = if is_ab { ReadAt::Last } else { read_at };
     let pb = bar(examples.len() as u64);
     pb.set_message(format!("activations at layers {layers:?}"));
     let diffs = baselines::pair_differences(&lm.model, examples, layers, read_at, |d, _| {

@@ -119,6 +119,16 @@ pub fn run(a: Args) -> Result<()> {
         pairs: pairs.as_deref(),
         neutral: &[],
     };
+    // Settings and data of the optional BiPO runs, read once for every layer.
+    let bipo_setup = if a.bipo_steps > 0 {
+        let cfg = match &a.bipo_config {
+            Some(p) => bipo::train::TrainConfig::from_toml(p)?,
+            None => bipo::train::TrainConfig::default(),
+        };
+        Some((cfg, bipo::data::load_pairs(&train)?))
+    } else {
+        None
+    };
     let pb = bar(layers.len() as u64);
     let mut rows = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
@@ -126,26 +136,18 @@ pub fn run(a: Args) -> Result<()> {
         let one = bipo::baselines::PairDiffs::from([(l, diffs[&l].clone())]);
         let v = baselines::caa(&one, meta(&format!("caa-L{l}"), "caa", Some(&lm), &[]));
         let mut vectors = vec![v.clone()];
-        if a.bipo_steps > 0 {
-            let mut cfg = match &a.bipo_config {
-                Some(p) => bipo::train::TrainConfig::from_toml(p)?,
-                None => bipo::train::TrainConfig::default(),
-            };
+        if let Some((base, d)) = &bipo_setup {
+            let mut cfg = base.clone();
             cfg.layer = l;
             cfg.max_steps = Some(a.bipo_steps);
-            let d = bipo::data::load_pairs(&train)?;
             let out = a.out.join(format!("bipo-L{l}"));
             let name = format!("bipo-L{l}");
             vectors.push(crate::commands::bipo_run::train(
-                &lm, &cfg, &d, &train, &out, &name,
+                &lm, &cfg, d, &train, &out, &name,
             )?);
         }
         let r = bipo::eval::evaluate(&lm, &template, &vectors, &data, &opts, |_, _, _| {})?;
-        let p: Vec<f64> = r[0].ab_probability.iter().map(|p| p.value).collect();
-        let mut row = serde_json::json!({
-            "layer": l, "norm": v.norms()[&l], "p_minus": p[0], "p_zero": p[1], "p_plus": p[2],
-            "effect": p[2] - p[0],
-        });
+        let mut row = serde_json::json!({ "layer": l, "norm": v.norms()[&l] });
         for (prefix, vr) in ["", "bipo_"].iter().zip(&r) {
             if let [lo, zero, hi] = vr.ab_probability.as_slice() {
                 row[format!("{prefix}p_minus")] = lo.value.into();

@@ -43,12 +43,6 @@ pub fn paragraphs(text: &str) -> Vec<String> {
 impl<'m> DamageSet<'m> {
     /// Tokenizes `texts` (BOS added as the tokenizer does) and runs blocks 0..=layer once.
     pub fn new(model: &'m Model, tok: &Tokenizer, texts: &[String], layer: usize) -> Result<Self> {
-        if layer >= model.num_layers() {
-            return Err(Error::invalid(
-                "layer",
-                format!("{layer} >= the model's layers"),
-            ));
-        }
         let ids = texts
             .iter()
             .map(|t| tok.encode(t, true))
