@@ -10,6 +10,15 @@ use bipo::SteeringVector;
 use candle_core::DType;
 use clap::Args;
 
+/// Clap parser for counts that must be at least 1.
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be >= 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Which model to load.
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -46,17 +55,34 @@ pub struct SteerArgs {
     pub vectors: Vec<String>,
 }
 
-/// Splits `FILE[:MULTIPLIER]`; a suffix that is not a number stays part of the path.
+/// Splits `FILE[:MULTIPLIER]`. A suffix that is not a number stays part of the path only
+/// when a file of that whole name exists; otherwise it is a bad multiplier.
 pub fn parse_vector_spec(spec: &str) -> Result<(PathBuf, f32)> {
     if let Some((file, m)) = spec.rsplit_once(':') {
         if let Ok(x) = m.parse::<f32>() {
-            if !x.is_finite() {
-                bail!("invalid multiplier `{m}` in --vector {spec}");
-            }
+            check_multiplier(x).with_context(|| format!("in `{spec}`"))?;
             return Ok((PathBuf::from(file), x));
+        }
+        let no_slash_after = !m.contains('/') && !m.contains('\\');
+        if no_slash_after && !std::path::Path::new(spec).exists() && !file.is_empty() {
+            bail!(
+                "invalid multiplier `{m}` in `{spec}` (expected FILE[:MULTIPLIER], e.g. {file}:2)"
+            );
         }
     }
     Ok((PathBuf::from(spec), 1.0))
+}
+
+/// Largest multiplier magnitude accepted: far beyond any useful steering strength
+/// (typical ones are below 20), small enough that the activations stay finite.
+pub const MAX_MULTIPLIER: f32 = 1e4;
+
+/// Refuses non-finite and absurd multipliers.
+pub fn check_multiplier(x: f32) -> Result<()> {
+    if !x.is_finite() || x.abs() > MAX_MULTIPLIER {
+        bail!("invalid multiplier {x}: must be finite and within ±{MAX_MULTIPLIER}");
+    }
+    Ok(())
 }
 
 impl SteerArgs {
@@ -117,17 +143,19 @@ impl PromptArgs {
         chat_template(lm, self.template.as_deref())
     }
 
-    /// Prompt text for a conversation (chat) or the raw prompt.
-    pub fn render(&self, lm: &LoadedModel, history: &[Message], raw: &str) -> Result<String> {
+    /// Token ids of a conversation (chat: message text stays text, special-token
+    /// strings in it included) or of the raw prompt (special-token strings parsed).
+    pub fn ids(&self, lm: &LoadedModel, history: &[Message], raw: &str) -> Result<Vec<u32>> {
         if !self.chat {
-            return Ok(raw.to_string());
+            return Ok(lm.tokenizer.encode(raw, true)?);
         }
         let mut msgs = Vec::new();
         if let Some(s) = &self.system {
             msgs.push(Message::new("system", s));
         }
         msgs.extend_from_slice(history);
-        Ok(self.template(lm)?.render(&msgs)?)
+        let prompt = self.template(lm)?.render_prompt(&msgs)?;
+        Ok(lm.tokenizer.encode_chat(&prompt, true)?)
     }
 }
 
@@ -160,8 +188,17 @@ pub struct SampleArgs {
     pub ignore_eos: bool,
 }
 
+/// Most alternatives `--logprobs` reports per token.
+pub const MAX_TOP_LOGPROBS: usize = 100;
+
 impl SampleArgs {
     pub fn options(&self, top_logprobs: usize) -> Result<bipo::generate::GenerateOptions> {
+        if self.max_tokens == 0 {
+            bail!("invalid --max-tokens 0: must be >= 1");
+        }
+        if top_logprobs > MAX_TOP_LOGPROBS {
+            bail!("invalid --logprobs {top_logprobs}: at most {MAX_TOP_LOGPROBS}");
+        }
         let sampling = bipo::generate::SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
@@ -199,5 +236,10 @@ mod tests {
             (PathBuf::from("C:dir/a.gguf"), 1.0)
         );
         assert!(parse_vector_spec("a.gguf:inf").is_err());
+        assert!(parse_vector_spec("a.gguf:1e20").is_err());
+        let e = parse_vector_spec("no-such.gguf:abc")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid multiplier `abc`"), "{e}");
     }
 }

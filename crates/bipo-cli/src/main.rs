@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod out;
 
 use std::process::ExitCode;
 
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "bipo", version, about, long_about = None)]
 struct Cli {
     /// Worker threads for matrix work (default: all cores; also RAYON_NUM_THREADS).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = args::positive)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -52,7 +53,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
     if let Some(n) = cli.threads {
         // candle's matmul kernels and rayon pool both read this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -76,14 +80,50 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let code = e
-                .chain()
-                .find_map(|c| c.downcast_ref::<bipo::Error>())
-                .map(|b| b.exit_code())
-                .unwrap_or(1);
-            ExitCode::from(code as u8)
+        Err(e) => report(&e),
+    }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one line (the
+/// lines before clap's usage hint, joined), exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(e.exit_code() as u8);
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    note!("{}", bipo::util::redact::redact(&line));
+    ExitCode::from(2)
+}
+
+/// Prints an error as one redacted line and picks the exit code: 2 for bad input, 1 for
+/// failures; a closed standard output (the reader of a pipe went away) ends quietly.
+fn report(e: &anyhow::Error) -> ExitCode {
+    if let Some(io) = out::stdout_failure(e) {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return ExitCode::SUCCESS;
         }
     }
+    let line = format!("{e:#}").replace('\n', " ");
+    note!("error: {}", bipo::util::redact::redact(&line));
+    // The library's errors know their class; the CLI's own are argument checks (2),
+    // except failed writes to standard output and tensor errors (1).
+    let code = match e.chain().find_map(|c| c.downcast_ref::<bipo::Error>()) {
+        _ if out::stdout_failure(e).is_some() => 1,
+        Some(b) => b.exit_code(),
+        None if e.chain().any(|c| c.is::<candle_core::Error>()) => 1,
+        None => 2,
+    };
+    ExitCode::from(code as u8)
 }

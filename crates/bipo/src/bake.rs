@@ -23,6 +23,7 @@ pub const BAKED_KEY: &str = "bipo.baked";
 
 /// Writes `output`: `input` with `sum_i m_i v_i` added to each steered block's output.
 pub fn bake_gguf(input: &Path, vectors: &[(SteeringVector, f32)], output: &Path) -> Result<()> {
+    crate::util::fs::check_outputs(&[("model", input)], &[("output", output)])?;
     let mut g = GgufFile::open(input)?;
     let arch = g.str("general.architecture")?.to_string();
     if !BAKEABLE.contains(&arch.as_str()) {

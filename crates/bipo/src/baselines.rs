@@ -69,7 +69,7 @@ pub fn pair_differences(
     if n == 0 {
         return Err(Error::invalid("baseline data", "no examples"));
     }
-    let p = Prepared::for_activations(model, examples);
+    let p = Prepared::for_activations(model, examples)?;
     let mut out: PairDiffs = layers.iter().map(|&l| (l, Vec::with_capacity(n))).collect();
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(ACTIVATION_BATCH) {

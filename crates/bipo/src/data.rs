@@ -52,8 +52,7 @@ pub fn load_pairs(path: &Path) -> Result<Dataset> {
 pub fn load_pairs_with(path: &Path, skip_invalid: bool) -> Result<Dataset> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let sha256 = format!("{:x}", Sha256::digest(&bytes));
-    let text =
-        String::from_utf8(bytes).map_err(|e| Error::bad_file(path, format!("not UTF-8: {e}")))?;
+    let text = crate::util::text_of(path, bytes)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -95,11 +94,56 @@ fn skip_or_fail(err: Error, skipped: &mut Option<&mut Vec<String>>) -> Result<()
     }
 }
 
+/// A pair whose two answers are the same teaches nothing (its BiPO margin is always 0).
+fn check_distinct(path: &Path, where_: &str, p: &PreferencePair) -> Result<()> {
+    if p.matching == p.not_matching {
+        return Err(bad(
+            path,
+            where_.to_string(),
+            "the matching and opposite answers are identical",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds a quoted CSV field that never closes; returns the line where it opens. (The csv
+/// crate reads such a field to the end of the file and reports a field count instead.)
+pub fn unterminated_csv_quote(text: &str) -> Option<usize> {
+    let (mut line, mut open_at, mut in_quote, mut field_start) = (1, 0, false, true);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_quote {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                } else {
+                    in_quote = false;
+                }
+            }
+        } else if c == '"' && field_start {
+            in_quote = true;
+            open_at = line;
+        }
+        field_start = matches!(c, ',' | '\n' | '\r') && !in_quote;
+        if c == '\n' {
+            line += 1;
+        }
+    }
+    in_quote.then_some(open_at)
+}
+
 fn parse_csv(
     path: &Path,
     text: &str,
     mut skipped: Option<&mut Vec<String>>,
 ) -> Result<Vec<PreferencePair>> {
+    if let Some(line) = unterminated_csv_quote(text) {
+        return Err(bad(
+            path,
+            format!("line {line}"),
+            "a quoted field opens here and never closes (missing `\"`)",
+        ));
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
         .from_reader(text.as_bytes());
@@ -138,11 +182,13 @@ fn parse_csv(
             Ok(v.to_string())
         };
         let pair = (|| {
-            Ok(PreferencePair {
+            let p = PreferencePair {
                 question: field(q, "question")?,
                 matching: field(m, "matching")?,
                 not_matching: field(n, "not_matching")?,
-            })
+            };
+            check_distinct(path, &format!("line {line}"), &p)?;
+            Ok(p)
         })();
         match pair {
             Ok(p) => pairs.push(p),
@@ -240,6 +286,10 @@ fn parse_json(
             ));
             })
         })();
+        let parsed = parsed.and_then(|(p, f)| {
+            check_distinct(path, &where_, &p)?;
+            Ok((p, f))
+        });
         let (pair, f) = match parsed {
             Ok(x) => x,
             Err(e) => {
@@ -285,6 +335,31 @@ pub fn split_common_prefix(a: &str, b: &str) -> Option<(String, String, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unterminated_quote_is_found_at_its_line() {
+        assert_eq!(unterminated_csv_quote("a,b\n\"x,y\n1,2\n"), Some(2));
+        assert_eq!(unterminated_csv_quote("a,b\n\"x \"\"q\"\" y\",2\n"), None);
+        assert_eq!(unterminated_csv_quote("a,b\nit's \"fine\",2\n"), None);
+        let (_d, p) = write(
+            "u.csv",
+            "question,matching,not_matching\nq,\"open,b\nq2,a,b\n",
+        );
+        let e = load_pairs(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("never closes"), "{e}");
+    }
+
+    #[test]
+    fn identical_answers_are_refused_or_skipped() {
+        let (_d, p) = write(
+            "i.csv",
+            "question,matching,not_matching\nq,same,same\nq2,a,b\n",
+        );
+        let e = load_pairs(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("identical"), "{e}");
+        let d = load_pairs_with(&p, true).unwrap();
+        assert_eq!((d.pairs.len(), d.skipped.len()), (1, 1));
+    }
 
     fn write(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();

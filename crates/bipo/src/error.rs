@@ -9,16 +9,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be opened, read or written. (The I/O error is part of the
+    /// message, not a separate source, so a printed chain does not repeat it.)
+    #[error("{}: {}", path.display(), io_reason(cause))]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file exists but its content is not what it should be (wrong magic, truncated,
     /// bad metadata, wrong dtype or rank, ...).
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
     /// The model's architecture is not one bipo implements.
     #[error("unsupported architecture `{name}` (supported: {supported})")]
@@ -41,9 +41,35 @@ pub enum Error {
     /// The LLM judge's endpoint failed or answered something unusable.
     #[error("judge: {0}")]
     Judge(String),
+    /// A forward pass produced NaN or infinity (a vector or multiplier far too large, or
+    /// corrupt weights): stopped rather than reporting garbage.
+    #[error("non-finite values in {0}")]
+    NonFinite(String),
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+}
+
+/// A short lower-case reason for an I/O error, without the OS error number.
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "no such file or folder".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::IsADirectory => "is a folder, not a file".into(),
+        K::NotADirectory => "a part of the path is not a folder".into(),
+        K::AlreadyExists => "already exists".into(),
+        K::StorageFull => "no space left on device".into(),
+        K::ReadOnlyFilesystem => "read-only file system".into(),
+        K::InvalidData => format!("invalid data ({e})"),
+        _ => {
+            let s = e.to_string();
+            match s.find(" (os error") {
+                Some(i) => s[..i].to_lowercase(),
+                None => s,
+            }
+        }
+    }
 }
 
 /// `Result` with bipo's [`Error`].
@@ -70,7 +96,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -84,6 +110,7 @@ impl Error {
             | Error::VectorMismatch { .. }
             | Error::Invalid { .. }
             | Error::Template(_)
+            | Error::NonFinite(_)
             | Error::Hub(_) => 2,
             Error::Tokenizer(_) | Error::Tensor(_) | Error::Judge(_) => 1,
         }

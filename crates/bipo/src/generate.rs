@@ -240,6 +240,10 @@ pub fn generate(
     let mut visible = String::new();
     for _ in 0..opts.max_tokens {
         let row: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        crate::util::check_finite(
+            &format!("the logits of generated token {}", generated.len() + 1),
+            &row,
+        )?;
         let next = sample(&row, &context, &opts.sampling, &mut rng);
         let lp = log_softmax(&row);
         let top = top_k_indices(&lp, opts.top_logprobs)

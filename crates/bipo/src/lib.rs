@@ -30,6 +30,7 @@ pub mod generate;
 pub mod io;
 pub mod load;
 pub mod models;
+pub mod run;
 pub mod steer;
 pub mod text;
 pub mod train;

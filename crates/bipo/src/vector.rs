@@ -91,9 +91,19 @@ impl SteeringVector {
         self.layers.iter().map(|(l, d)| (*l, l2(d))).collect()
     }
 
-    /// Cosine similarity with `other` on each layer both steer.
-    pub fn cosine(&self, other: &SteeringVector) -> BTreeMap<usize, f32> {
-        self.layers
+    /// Cosine similarity with `other` on each layer both steer; vectors of different
+    /// widths (made for different models) are refused.
+    pub fn cosine(&self, other: &SteeringVector) -> Result<BTreeMap<usize, f32>> {
+        if let (Some(a), Some(b)) = (self.hidden_size(), other.hidden_size()) {
+            if a != b {
+                return Err(Error::VectorMismatch {
+                    name: format!("{} vs {}", self.meta.name, other.meta.name),
+                    reason: format!("widths differ ({a} vs {b}): they belong to different models"),
+                });
+            }
+        }
+        Ok(self
+            .layers
             .iter()
             .filter_map(|(l, a)| {
                 let b = other.layers.get(l)?;
@@ -101,7 +111,7 @@ impl SteeringVector {
                 let n = l2(a) as f64 * l2(b) as f64;
                 Some((*l, if n > 0.0 { (dot / n) as f32 } else { 0.0 }))
             })
-            .collect()
+            .collect())
     }
 
     /// Checks the vector is internally consistent: non-empty, one width, finite values.
@@ -178,8 +188,9 @@ mod tests {
         assert_eq!(c.layers[&2], vec![1.0, -1.0]);
         assert_eq!(a.norms()[&1], 5.0);
         assert_eq!(a.normalized().layers[&1], vec![0.6, 0.8]);
-        assert_eq!(a.cosine(&b), BTreeMap::from([(2, 0.0)]));
-        assert!((a.cosine(&a)[&1] - 1.0).abs() < 1e-6);
+        assert_eq!(a.cosine(&b).unwrap(), BTreeMap::from([(2, 0.0)]));
+        assert!((a.cosine(&a).unwrap()[&1] - 1.0).abs() < 1e-6);
+        assert!(a.cosine(&v(&[(1, vec![1.0; 3])])).is_err());
         assert!(SteeringVector::combine(
             &[(&a, 1.0), (&v(&[(1, vec![1.0])]), 1.0)],
             VectorMeta::default()

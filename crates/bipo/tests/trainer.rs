@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bipo::models::random::{random_model, tiny_config};
+use bipo::run::RunInputs;
 use bipo::train::bipo::{Example, Prepared};
+use bipo::train::rundir::{RunDir, Start};
 use bipo::train::trainer::{Event, Trainer, CHECKPOINT_FILE, METRICS_FILE, VECTOR_FILE};
 use bipo::train::TrainConfig;
 
@@ -28,14 +30,23 @@ fn config() -> TrainConfig {
     }
 }
 
-fn trainer<'a, 'm>(p: &'a Prepared<'m>, dir: &std::path::Path) -> Trainer<'a, 'm> {
+fn trainer<'a, 'm>(p: &'a Prepared<'m>, out: &'a RunDir) -> Trainer<'a, 'm> {
     Trainer {
         cfg: config(),
         train: p,
         test: Some(p),
-        out_dir: dir.to_path_buf(),
+        out,
         meta: Default::default(),
+        inputs: RunInputs {
+            data_sha256: Some("d".into()),
+            ..Default::default()
+        },
+        checkpoint_every: 0,
     }
+}
+
+fn open(dir: &std::path::Path, start: Start) -> RunDir {
+    RunDir::open(dir, start).unwrap()
 }
 
 #[test]
@@ -44,16 +55,16 @@ fn an_interrupted_run_resumed_reaches_the_same_vector_bit_for_bit() {
     let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
     let full_dir = tempfile::tempdir().unwrap();
     let never = AtomicBool::new(false);
-    let full = trainer(&p, full_dir.path())
-        .run(false, &never, |_| {})
-        .unwrap();
+    let full_out = open(full_dir.path(), Start::Fresh);
+    let full = trainer(&p, &full_out).run(false, &never, |_| {}).unwrap();
     assert!(!full.interrupted);
     assert_eq!(full.steps, 12);
 
     let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(false);
     // Stop mid-epoch (step 5 of 12), as Ctrl-C does: the step finishes, a checkpoint is written.
-    let part = trainer(&p, dir.path())
+    let out = open(dir.path(), Start::Fresh);
+    let part = trainer(&p, &out)
         .run(false, &stop, |e| {
             if let Event::Step(s) = e {
                 if s.step == 4 {
@@ -65,14 +76,113 @@ fn an_interrupted_run_resumed_reaches_the_same_vector_bit_for_bit() {
     assert!(part.interrupted);
     assert_eq!(part.steps, 5);
     assert!(dir.path().join(CHECKPOINT_FILE).is_file());
-    let resumed = trainer(&p, dir.path()).run(true, &never, |_| {}).unwrap();
+    drop(out);
+    let out = open(dir.path(), Start::Resume);
+    let resumed = trainer(&p, &out).run(true, &never, |_| {}).unwrap();
     assert_eq!(resumed.steps, 12);
     assert_eq!(resumed.vector.layers, full.vector.layers);
     let saved = bipo::io::read_vector(&dir.path().join(VECTOR_FILE)).unwrap();
     assert_eq!(saved.layers, full.vector.layers);
-    // One metrics line per step and per epoch, none repeated across the interruption.
+    // One metrics line per step and per epoch, none repeated across the interruption,
+    // and the same lines as the uninterrupted run.
     let lines = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
     assert_eq!(lines.lines().count(), 12 + 3);
+    let full_lines = std::fs::read_to_string(full_dir.path().join(METRICS_FILE)).unwrap();
+    assert_eq!(lines, full_lines);
+}
+
+#[test]
+fn a_kill_after_a_mid_epoch_checkpoint_resumes_exactly_without_duplicate_rows() {
+    let m = random_model(tiny_config(), 34, None).unwrap();
+    let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
+    let never = AtomicBool::new(false);
+    let full_dir = tempfile::tempdir().unwrap();
+    let full_out = open(full_dir.path(), Start::Fresh);
+    let full = trainer(&p, &full_out).run(false, &never, |_| {}).unwrap();
+    let full_metrics = std::fs::read_to_string(full_dir.path().join(METRICS_FILE)).unwrap();
+
+    // A run checkpointing every 2 steps, "killed" after step 7: the process dies with
+    // rows for steps 6 and 7 and half a line written after the step-6 checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let out = open(dir.path(), Start::Fresh);
+    let stop = AtomicBool::new(false);
+    let mut t = trainer(&p, &out);
+    t.checkpoint_every = 2;
+    t.run(false, &stop, |e| {
+        if let Event::Step(s) = e {
+            if s.step == 6 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    drop(out);
+    // Emulate the kill: the Ctrl-C checkpoint at step 7 never happened; the step-6
+    // one did (rewrite it from a run stopped there), and a torn line trails the log.
+    let ck6 = {
+        let d = tempfile::tempdir().unwrap();
+        let o = open(d.path(), Start::Fresh);
+        let stop = AtomicBool::new(false);
+        let mut t = trainer(&p, &o);
+        t.checkpoint_every = 2;
+        t.run(false, &stop, |e| {
+            if let Event::Step(s) = e {
+                if s.step == 5 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap();
+        std::fs::read(d.path().join(CHECKPOINT_FILE)).unwrap()
+    };
+    std::fs::write(dir.path().join(CHECKPOINT_FILE), ck6).unwrap();
+    let mut log = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    log += "{\"type\":\"step\",\"metr";
+    std::fs::write(dir.path().join(METRICS_FILE), log).unwrap();
+
+    let out = open(dir.path(), Start::Resume);
+    let mut t = trainer(&p, &out);
+    t.checkpoint_every = 2;
+    let resumed = t.run(true, &never, |_| {}).unwrap();
+    assert_eq!(resumed.vector.layers, full.vector.layers);
+    let metrics = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
+    assert_eq!(metrics, full_metrics, "each step once, epoch losses exact");
+}
+
+#[test]
+fn resuming_with_other_data_or_model_is_refused() {
+    let m = random_model(tiny_config(), 35, None).unwrap();
+    let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = open(dir.path(), Start::Fresh);
+    trainer(&p, &out)
+        .run(false, &AtomicBool::new(true), |_| {})
+        .unwrap();
+    for (what, inputs) in [
+        (
+            "--data",
+            RunInputs {
+                data_sha256: Some("other".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "model",
+            RunInputs {
+                model_sha256: Some("m2".into()),
+                data_sha256: Some("d".into()),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut t = trainer(&p, &out);
+        t.inputs = inputs;
+        let e = t
+            .run(true, &AtomicBool::new(false), |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("trained with {what}")), "{e}");
+    }
 }
 
 #[test]
@@ -81,14 +191,18 @@ fn resuming_with_other_settings_is_refused() {
     let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let stop = AtomicBool::new(true);
-    trainer(&p, dir.path()).run(false, &stop, |_| {}).unwrap();
-    let mut t = trainer(&p, dir.path());
+    let out = open(dir.path(), Start::Fresh);
+    trainer(&p, &out).run(false, &stop, |_| {}).unwrap();
+    let mut t = trainer(&p, &out);
     t.cfg.lr = 0.01;
     let e = t
         .run(true, &AtomicBool::new(false), |_| {})
         .unwrap_err()
         .to_string();
-    assert!(e.contains("different training config"), "{e}");
+    assert!(
+        e.contains("different training config") && e.contains("lr"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -97,7 +211,8 @@ fn held_out_loss_falls_for_both_directions() {
     let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut epochs = Vec::new();
-    trainer(&p, dir.path())
+    let out = open(dir.path(), Start::Fresh);
+    trainer(&p, &out)
         .run(false, &AtomicBool::new(false), |e| {
             if let Event::Epoch(m) = e {
                 epochs.push((m.test_loss_plus.unwrap(), m.test_loss_minus.unwrap()));

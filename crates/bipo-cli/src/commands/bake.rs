@@ -25,15 +25,26 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let vectors = a
+    let specs = a
         .vectors
         .iter()
-        .map(|s| {
-            let (p, m) = parse_vector_spec(s)?;
-            Ok((bipo::io::read_vector(&p)?, m))
-        })
+        .map(|s| parse_vector_spec(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut inputs = vec![("--model", a.model.as_path())];
+    inputs.extend(specs.iter().map(|(p, _)| ("--vector", p.as_path())));
+    bipo::util::fs::check_outputs(&inputs, &[("--out", &a.out)])?;
+    if a.out.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        anyhow::bail!(
+            "invalid --out {}: a baked model is a GGUF file; use a .gguf extension",
+            a.out.display()
+        );
+    }
+    bipo::util::fs::ensure_writable_parent(&a.out)?;
+    let vectors = specs
+        .into_iter()
+        .map(|(p, m)| Ok((bipo::io::read_vector(&p)?, m)))
         .collect::<Result<Vec<_>>>()?;
     bipo::bake::bake_gguf(&a.model, &vectors, &a.out)?;
-    eprintln!("wrote {}", a.out.display());
+    crate::note!("wrote {}", a.out.display());
     Ok(())
 }

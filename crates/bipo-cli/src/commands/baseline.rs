@@ -79,7 +79,7 @@ pub fn differences(
     } else {
         let d = bipo::data::load_pairs_with(data, skip_invalid)?;
         for s in &d.skipped {
-            eprintln!("skipped {s}");
+            crate::note!("skipped {s}");
         }
         let mut ex = bipo::train::bipo::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
         // Read the answer itself, not the end-of-sequence token appended for training.
@@ -121,15 +121,25 @@ pub fn meta(
 }
 
 pub fn write(v: &SteeringVector, out: &Path) -> Result<()> {
-    if out.extension().and_then(|e| e.to_str()) == Some("gguf") {
-        bipo::io::controlvector::write(v, v.meta.model.as_deref().unwrap_or(""), out)?;
-    } else {
-        bipo::io::safetensors::write(v, out)?;
-    }
-    Ok(())
+    Ok(bipo::io::write_vector(v, out, "llama")?)
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = Vec::new();
+    inputs.extend(a.model.as_deref().map(|m| ("--model", Path::new(m))));
+    inputs.extend(a.data.as_deref().map(|d| ("--data", d)));
+    inputs.extend(a.like.as_deref().map(|l| ("--like", l)));
+    bipo::util::fs::check_outputs(&inputs, &[("--out", &a.out)])?;
+    if !matches!(
+        a.out.extension().and_then(|e| e.to_str()),
+        Some("gguf" | "safetensors")
+    ) {
+        bail!(
+            "invalid --out {}: use a .safetensors or .gguf extension",
+            a.out.display()
+        );
+    }
+    bipo::util::fs::ensure_writable_parent(&a.out)?;
     let stem = a
         .out
         .file_stem()
@@ -177,8 +187,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     write(&v, &a.out)?;
     for (l, n) in v.norms() {
-        eprintln!("layer {l}: norm {n:.4}");
+        crate::note!("layer {l}: norm {n:.4}");
     }
-    eprintln!("wrote {}", a.out.display());
+    crate::note!("wrote {}", a.out.display());
     Ok(())
 }

@@ -17,13 +17,13 @@ pub struct Args {
     #[command(flatten)]
     steer: SteerArgs,
     /// Prompt length in tokens.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = crate::args::positive)]
     prompt_tokens: usize,
     /// Tokens decoded one at a time after the prompt.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::positive)]
     gen_tokens: usize,
     /// Repetitions; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::positive)]
     repeats: usize,
 }
 
@@ -112,30 +112,30 @@ pub fn run(a: Args) -> Result<()> {
         d1.push(d);
     }
     let (p0, d0, p1, d1) = (median(p0), median(d0), median(p1), median(d1));
-    println!(
+    crate::outln!(
         "model: {} ({}), threads: {}",
         lm.model.info.source,
         lm.model.info.weights,
         candle_core::utils::get_num_threads()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "prompt {} tokens, decode {} tokens, median of {}",
         ids.len(),
         a.gen_tokens,
         a.repeats.max(1)
-    );
-    println!("{:<28} {:>12} {:>12}", "", "prompt tok/s", "decode tok/s");
-    println!("{:<28} {:>12.1} {:>12.1}", "unsteered", p0, d0);
-    println!(
+    )?;
+    crate::outln!("{:<28} {:>12} {:>12}", "", "prompt tok/s", "decode tok/s")?;
+    crate::outln!("{:<28} {:>12.1} {:>12.1}", "unsteered", p0, d0)?;
+    crate::outln!(
         "{:<28} {:>12.1} {:>12.1}",
         format!("steered ({steered_layers} layers)"),
         p1,
         d1
-    );
-    println!(
+    )?;
+    crate::outln!(
         "steering cost: prompt {:+.2}%, decode {:+.2}%",
         (p0 / p1 - 1.0) * 100.0,
         (d0 / d1 - 1.0) * 100.0
-    );
+    )?;
     Ok(())
 }

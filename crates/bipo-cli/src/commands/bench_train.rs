@@ -21,10 +21,10 @@ pub struct Args {
     data: PathBuf,
     #[arg(long, default_value_t = 15)]
     layer: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = crate::args::positive)]
     batch_size: usize,
     /// Steps timed per algorithm (median reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::positive)]
     steps: usize,
     /// Skip the reference algorithm.
     #[arg(long)]
@@ -102,7 +102,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let fast = time(false)?;
     let steps_per_epoch = n.div_ceil(a.batch_size);
-    println!(
+    crate::outln!(
         "model {} | data {} ({} pairs) | layer {} | batch {} | threads {}",
         lm.model.info.source,
         a.data.display(),
@@ -110,25 +110,25 @@ pub fn run(a: Args) -> Result<()> {
         a.layer,
         a.batch_size,
         candle_core::utils::get_num_threads()
-    );
-    println!("bipo: prepare (blocks 0..={} + reference log-probs, once) {prep:.1} s; step {fast:.3} s (median of {}); epoch {:.0} s", a.layer, a.steps, prep + fast * steps_per_epoch as f64);
+    )?;
+    crate::outln!("bipo: prepare (blocks 0..={} + reference log-probs, once) {prep:.1} s; step {fast:.3} s (median of {}); epoch {:.0} s", a.layer, a.steps, prep + fast * steps_per_epoch as f64)?;
     if a.block {
         let ts = (0..a.steps)
             .map(|_| block_step(&lm, a.layer))
             .collect::<Result<Vec<_>>>()?;
-        println!("one forward+backward of a {}x{} batch through blocks {}..{} and the head: {:.3} s (median of {})", BLOCK_BATCH.0, BLOCK_BATCH.1, a.layer + 1, lm.model.num_layers() - 1, median(ts), a.steps);
+        crate::outln!("one forward+backward of a {}x{} batch through blocks {}..{} and the head: {:.3} s (median of {})", BLOCK_BATCH.0, BLOCK_BATCH.1, a.layer + 1, lm.model.num_layers() - 1, median(ts), a.steps)?;
     }
     if !a.no_reference {
         let plain = time(true)?;
-        println!(
+        crate::outln!(
             "reference algorithm: step {plain:.3} s; epoch {:.0} s",
             plain * steps_per_epoch as f64
-        );
-        println!(
+        )?;
+        crate::outln!(
             "per-epoch speed-up: {:.2}x (first epoch, including preparation); per-step: {:.2}x",
             plain * steps_per_epoch as f64 / (prep + fast * steps_per_epoch as f64),
             plain / fast
-        );
+        )?;
     }
     Ok(())
 }

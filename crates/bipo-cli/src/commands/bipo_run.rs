@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Result;
 use bipo::data::Dataset;
 use bipo::load::LoadedModel;
+use bipo::run::{DataRecord, ModelRecord, RunRecord};
 use bipo::train::bipo::{tokenize, Prepared};
+use bipo::train::rundir::{RunDir, Start};
 use bipo::train::{Event, TrainConfig, Trainer};
 use bipo::{SteeringVector, VectorMeta};
 
@@ -26,14 +28,16 @@ pub fn train(
     cfg.validate()?;
     let template = crate::args::chat_template(lm, cfg.template.as_deref())?;
     let ex = tokenize(&data.pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
-    let record = serde_json::json!({
-        "tool": format!("bipo {}", env!("CARGO_PKG_VERSION")),
-        "method": "bipo",
-        "config": cfg,
-        "model": { "source": &lm.model.info.source },
-        "data": { "path": data_path, "sha256": &data.sha256, "pairs": data.pairs.len(), "skipped": &data.skipped },
-    });
-    bipo::train::trainer::write_run_record(out, &record)?;
+    // compare and sweep-layers own their output folder: a rerun replaces its run.
+    let dir = RunDir::open(out, Start::Replace)?;
+    let record = RunRecord::new(
+        "bipo",
+        cfg,
+        ModelRecord::of(lm)?,
+        DataRecord::of(data_path, data),
+        None,
+    );
+    record.write(dir.path())?;
     let pb = bar(ex.len() as u64);
     pb.set_message(format!("{name}: caching layer {} states", cfg.layer));
     let p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |d, _| {
@@ -53,8 +57,10 @@ pub fn train(
         cfg: cfg.clone(),
         train: &p,
         test: None,
-        out_dir: out.to_path_buf(),
+        out: &dir,
         meta,
+        inputs: record.inputs(),
+        checkpoint_every: bipo::train::trainer::DEFAULT_CHECKPOINT_EVERY,
     };
     let per_epoch = cfg.steps_per_epoch(p.len());
     let total = cfg

@@ -30,14 +30,20 @@ pub fn run(mut a: Args) -> Result<()> {
     let mut vectors = a.steer.vectors(&lm)?;
     let mut steering = a.steer.steering(&vectors, &lm)?;
     let mut history: Vec<Message> = Vec::new();
-    eprintln!("{HELP}");
+    crate::note!("{HELP}");
     let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
     loop {
         eprint!("> ");
         std::io::stderr().flush()?;
-        let Some(line) = lines.next().transpose()? else {
+        buf.clear();
+        if input.read_until(b'\n', &mut buf)? == 0 {
             break;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            crate::note!("[not UTF-8 text; line ignored]");
+            continue;
         };
         let line = line.trim();
         if line.is_empty() {
@@ -49,33 +55,53 @@ pub fn run(mut a: Args) -> Result<()> {
                 (Some("quit" | "q" | "exit"), _) => break,
                 (Some("reset"), _) => {
                     history.clear();
-                    eprintln!("[conversation cleared]");
+                    crate::note!("[conversation cleared]");
                 }
-                (Some("m" | "multiplier"), Some(x)) => match x.parse::<f32>() {
-                    Ok(m) if m.is_finite() => {
-                        vectors.iter_mut().for_each(|(_, mm)| *mm = m);
-                        steering = a.steer.steering(&vectors, &lm)?;
-                        eprintln!("[multiplier {m} on {} vector(s)]", vectors.len());
+                (Some("m" | "multiplier"), Some(x)) => {
+                    match x.parse::<f32>().map_err(anyhow::Error::from).and_then(|m| {
+                        crate::args::check_multiplier(m)?;
+                        Ok(m)
+                    }) {
+                        Ok(m) => {
+                            vectors.iter_mut().for_each(|(_, mm)| *mm = m);
+                            steering = a.steer.steering(&vectors, &lm)?;
+                            crate::note!("[multiplier {m} on {} vector(s)]", vectors.len());
+                        }
+                        Err(e) => crate::note!("[{x}: {e}]"),
                     }
-                    _ => eprintln!("[not a number: {x}]"),
-                },
-                _ => eprintln!("{HELP}"),
+                }
+                _ => crate::note!("{HELP}"),
             }
             continue;
         }
         history.push(Message::new("user", line));
-        let text = a.prompt_fmt.render(&lm, &history, "")?;
-        let ids = lm.tokenizer.encode(&text, true)?;
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        let gen =
-            bipo::generate::generate(&lm.model, &lm.tokenizer, &ids, &steering, &opts, |ev| {
-                write!(out, "{}", ev.text_delta)
-                    .and_then(|_| out.flush())
-                    .map_err(|e| bipo::Error::io("<stdout>", e))
-            })?;
-        writeln!(out)?;
-        history.push(Message::new("assistant", gen.text.trim()));
+        match turn(&a, &lm, &history, &steering, &opts) {
+            Ok(answer) => history.push(Message::new("assistant", answer.trim())),
+            Err(e) => {
+                // One bad turn (too long for the context, say) does not end the session.
+                if crate::out::stdout_failure(&e).is_some() {
+                    return Err(e);
+                }
+                history.pop();
+                crate::note!("error: {}", bipo::util::redact::redact(&format!("{e:#}")));
+            }
+        }
     }
     Ok(())
+}
+
+/// One exchange: the reply to the conversation so far, streamed to standard output.
+fn turn(
+    a: &Args,
+    lm: &bipo::load::LoadedModel,
+    history: &[Message],
+    steering: &bipo::steer::Steering,
+    opts: &bipo::generate::GenerateOptions,
+) -> Result<String> {
+    let ids = a.prompt_fmt.ids(lm, history, "")?;
+    let gen = bipo::generate::generate(&lm.model, &lm.tokenizer, &ids, steering, opts, |ev| {
+        crate::out!("{}", ev.text_delta).map_err(bipo::Error::from)
+    })?;
+    crate::outln!()?;
+    Ok(gen.text)
 }

@@ -1,7 +1,7 @@
 //! `bipo compare`: BiPO beside CAA, PCA and a random control on the same data and
 //! layer, evaluated together into one report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use bipo::baselines::{self, ReadAt};
@@ -9,7 +9,7 @@ use bipo::eval::report::DataFile;
 
 use crate::args::ModelArgs;
 use crate::commands::baseline::{differences, meta, write};
-use crate::commands::eval::{run_eval, EvalFlags};
+use crate::commands::eval::{eval_writes, run_eval, EvalFlags};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +42,31 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let mut inputs = vec![
+        ("--model", Path::new(&a.model.model)),
+        ("--train", a.train.as_path()),
+    ];
+    inputs.extend(a.bipo.as_deref().map(|p| ("--bipo", p)));
+    inputs.extend(a.bipo_config.as_deref().map(|p| ("--bipo-config", p)));
+    let writes = |n: &str| eval_writes(n) || n == "vectors" || n == "bipo-run";
+    a.flags.check(&inputs, writes)?;
+    // The vectors compare writes must not replace an input either.
+    let vec_dir = a.flags.out.join("vectors");
+    let written: Vec<PathBuf> = ["bipo", "caa", "pca", "random"]
+        .iter()
+        .map(|n| vec_dir.join(format!("{n}.safetensors")))
+        .collect();
+    if vec_dir.is_dir() {
+        let outs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
+        bipo::util::fs::check_outputs(&inputs, &outs)?;
+    }
+    if let Some(dir) = a.bipo.is_none().then(|| a.flags.out.join("bipo-run")) {
+        if dir.is_dir() {
+            bipo::util::fs::check_output_dir(&inputs, "--out", &dir, |n| {
+                bipo::train::rundir::writes_run_file(n)
+            })?;
+        }
+    }
     let lm = a.model.load()?;
     let mut bipo_v = match &a.bipo {
         Some(p) => {
@@ -113,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| format!("BiPO vs CAA vs PCA vs random, layer {layer}"));
     let r = run_eval(&lm, &vectors, &a.flags, vec![train_file], &title)?;
-    println!("{}", r.markdown());
-    eprintln!("report: {}", a.flags.out.join("report.md").display());
+    crate::outln!("{}", r.markdown())?;
+    crate::note!("report: {}", a.flags.out.join("report.md").display());
     Ok(())
 }

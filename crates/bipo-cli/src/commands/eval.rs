@@ -87,6 +87,42 @@ pub struct Args {
     flags: EvalFlags,
 }
 
+/// Whether `eval` writes a file of this name into its output folder.
+pub fn eval_writes(name: &str) -> bool {
+    name.starts_with("report.")
+        || name == "answers.jsonl"
+        || name.ends_with(".png")
+        || name.ends_with(".svg")
+}
+
+impl EvalFlags {
+    /// Checks the flags and the output folder before any model is loaded: values in
+    /// range, no input overwritten, the folder writable.
+    pub fn check(&self, inputs: &[(&str, &Path)], written: impl Fn(&str) -> bool) -> Result<()> {
+        if self.multipliers.is_empty() {
+            bail!("invalid --multipliers: the list is empty");
+        }
+        for &m in &self.multipliers {
+            crate::args::check_multiplier(m).context("--multipliers")?;
+        }
+        if self.batch == 0 {
+            bail!("invalid --batch 0: must be >= 1");
+        }
+        if self.max_tokens == 0 && self.open_ended > 0 {
+            bail!("invalid --max-tokens 0: must be >= 1 (or pass --open-ended 0)");
+        }
+        if self.limit == Some(0) {
+            bail!("invalid --limit 0: must be >= 1");
+        }
+        let mut all: Vec<(&str, &Path)> = inputs.to_vec();
+        all.extend(self.data.iter().map(|d| ("--data", d.as_path())));
+        all.extend(self.neutral.iter().map(|d| ("--neutral", d.as_path())));
+        bipo::util::fs::check_output_dir(&all, "--out", &self.out, written)?;
+        bipo::util::fs::ensure_writable_dir(&self.out)?;
+        Ok(())
+    }
+}
+
 pub fn bar(len: u64) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
@@ -134,7 +170,7 @@ pub fn run_eval(
     let neutral = if flags.no_damage {
         Vec::new()
     } else if let Some(p) = &flags.neutral {
-        let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+        let text = bipo::util::read_text(p)?;
         let paras = damage::paragraphs(&text);
         files.push(data_file(p, "neutral", paras.len())?);
         paras
@@ -188,7 +224,7 @@ pub fn run_eval(
             .map_or(0, |d| d.as_secs()),
         model: lm.model.info.source.clone(),
         model_sha256: model_sha,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: bipo::util::redact::this_command_line(),
         data: files,
         multipliers: flags.multipliers.clone(),
         vectors: reports,
@@ -270,7 +306,7 @@ fn open_ended_answers(
         })?;
         pb.finish_and_clear();
         summary["judge"] = serde_json::json!({
-            "url": url, "model": flags.judge_model, "requests": judge.requests(),
+            "url": bipo::util::redact::redact(url), "model": flags.judge_model, "requests": judge.requests(),
             "mean_score": open_ended::score_summary(&answers),
         });
     }
@@ -284,9 +320,9 @@ fn open_ended_answers(
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.flags.multipliers.is_empty() {
-        bail!("--multipliers is empty");
-    }
+    let mut inputs = vec![("--model", Path::new(&a.model.model))];
+    inputs.extend(a.vectors.iter().map(|v| ("--vector", v.as_path())));
+    a.flags.check(&inputs, eval_writes)?;
     let lm = a.model.load()?;
     let vectors = a
         .vectors
@@ -300,7 +336,7 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let title = a.flags.title.clone().unwrap_or_else(|| "bipo eval".into());
     let r = run_eval(&lm, &vectors, &a.flags, Vec::new(), &title)?;
-    println!("{}", r.markdown());
-    eprintln!("report: {}", a.flags.out.join("report.md").display());
+    crate::outln!("{}", r.markdown())?;
+    crate::note!("report: {}", a.flags.out.join("report.md").display());
     Ok(())
 }

@@ -13,8 +13,16 @@ pub struct Args {
     model: ModelArgs,
     /// The prompt: raw text (special-token strings like <|im_start|> become special
     /// tokens), or the user message with --chat.
-    #[arg(long, short = 'p', value_name = "TEXT")]
-    prompt: String,
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "TEXT",
+        required_unless_present = "prompt_file"
+    )]
+    prompt: Option<String>,
+    /// Read the prompt from a file (`-` for standard input) instead of --prompt.
+    #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
+    prompt_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     prompt_fmt: PromptArgs,
     #[command(flatten)]
@@ -25,17 +33,39 @@ pub struct Args {
     /// (log-probabilities before sampling) instead of plain text.
     #[arg(long, value_name = "K")]
     logprobs: Option<usize>,
+    /// Print the prompt's token ids and their text to standard error first (one JSON line).
+    #[arg(long)]
+    show_prompt: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let opts = a.sample.options(a.logprobs.unwrap_or(0))?;
+    let prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            bipo::util::text_of(std::path::Path::new("<standard input>"), buf)?
+        }
+        (None, Some(f)) => bipo::util::read_text(f)?,
+        (None, None) => unreachable!("clap requires one of them"),
+    };
     let lm = a.model.load()?;
     let vectors = a.steer.vectors(&lm)?;
     let steering = a.steer.steering(&vectors, &lm)?;
-    let text = a
+    let ids = a
         .prompt_fmt
-        .render(&lm, &[Message::new("user", &a.prompt)], &a.prompt)?;
-    let ids = lm.tokenizer.encode(&text, true)?;
+        .ids(&lm, &[Message::new("user", &prompt)], &prompt)?;
+    if a.show_prompt {
+        let tokens = ids
+            .iter()
+            .map(|&i| lm.tokenizer.token_text(i))
+            .collect::<bipo::Result<Vec<_>>>()?;
+        crate::note!(
+            "{}",
+            serde_json::json!({"prompt_ids": ids, "prompt_tokens": tokens})
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let json = a.logprobs.is_some();
@@ -49,13 +79,13 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             write!(out, "{}", ev.text_delta).and_then(|_| out.flush())
         };
-        r.map_err(|e| bipo::Error::io("<stdout>", e))
+        r.map_err(|e| bipo::Error::io(crate::out::STDOUT, e))
     })?;
     if !json {
-        writeln!(out)?;
+        writeln!(out).map_err(crate::out::StdoutError)?;
     }
     let n = gen.ids.len();
-    eprintln!(
+    crate::note!(
         "[{} prompt tokens in {:.2}s ({:.1} tok/s), {} generated in {:.2}s ({:.1} tok/s), finish: {:?}]",
         gen.prompt_tokens,
         gen.prompt_seconds,

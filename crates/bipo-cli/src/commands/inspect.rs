@@ -34,42 +34,44 @@ pub fn run(a: Args) -> Result<()> {
             "vocab_size_tokenizer": tok.vocab_size(),
             "chat_template": template,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!("source:        {}", info.source);
-    println!("format:        {} ({})", info.format, info.weights);
-    println!("architecture:  {}", info.family);
-    println!(
+    crate::outln!("source:        {}", info.source)?;
+    crate::outln!("format:        {} ({})", info.format, info.weights)?;
+    crate::outln!("architecture:  {}", info.family)?;
+    crate::outln!(
         "layers:        {} (steerable layers 0..{})",
         c.num_layers,
         c.num_layers - 1
-    );
-    println!("hidden size:   {}", c.hidden_size);
-    println!("mlp size:      {}", c.intermediate_size);
-    println!(
+    )?;
+    crate::outln!("hidden size:   {}", c.hidden_size)?;
+    crate::outln!("mlp size:      {}", c.intermediate_size)?;
+    crate::outln!(
         "heads:         {} query, {} key/value, head dim {}",
-        c.num_heads, c.num_kv_heads, c.head_dim
-    );
-    println!("vocabulary:    {}", c.vocab_size);
-    println!("context:       {}", c.max_position_embeddings);
-    println!("rope theta:    {}", c.rope_theta);
-    println!("rms norm eps:  {:e}", c.rms_norm_eps);
-    println!("tied head:     {}", c.tie_word_embeddings);
-    println!("dtype:         {}", info.dtype);
-    println!(
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim
+    )?;
+    crate::outln!("vocabulary:    {}", c.vocab_size)?;
+    crate::outln!("context:       {}", c.max_position_embeddings)?;
+    crate::outln!("rope theta:    {}", c.rope_theta)?;
+    crate::outln!("rms norm eps:  {:e}", c.rms_norm_eps)?;
+    crate::outln!("tied head:     {}", c.tie_word_embeddings)?;
+    crate::outln!("dtype:         {}", info.dtype)?;
+    crate::outln!(
         "bos:           {} (added: {})",
         tok.bos_token_id()
             .map(|i| format!("{i} {}", name(i)))
             .unwrap_or("none".into()),
         tok.adds_bos()
-    );
+    )?;
     let eos: Vec<String> = tok
         .eos_token_ids()
         .iter()
         .map(|&i| format!("{i} {}", name(i)))
         .collect();
-    println!("eos:           {}", eos.join(", "));
-    println!("chat template: {template}");
+    crate::outln!("eos:           {}", eos.join(", "))?;
+    crate::outln!("chat template: {template}")?;
     Ok(())
 }

@@ -68,6 +68,24 @@ fn parse_range(s: &str, n: usize) -> Result<Vec<usize>> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    crate::args::check_multiplier(a.multiplier).context("--multiplier")?;
+    if a.multiplier == 0.0 {
+        bail!("invalid --multiplier 0: the sweep compares -m, 0 and +m");
+    }
+    if a.limit == 0 || a.train_limit == 0 {
+        bail!("invalid --limit/--train-limit 0: must be >= 1");
+    }
+    let mut inputs = vec![
+        ("--model", std::path::Path::new(&a.model.model)),
+        ("--train", a.train.as_path()),
+        ("--data", a.data.as_path()),
+    ];
+    inputs.extend(a.pairs.as_deref().map(|p| ("--pairs", p)));
+    inputs.extend(a.bipo_config.as_deref().map(|p| ("--bipo-config", p)));
+    bipo::util::fs::check_output_dir(&inputs, "--out", &a.out, |n| {
+        n.starts_with("sweep") || n == "train-subset.csv" || n.starts_with("bipo-L")
+    })?;
+    bipo::util::fs::ensure_writable_dir(&a.out)?;
     let lm = a.model.load()?;
     let n = lm.model.num_layers();
     let layers = match &a.layers {
@@ -227,7 +245,7 @@ pub fn run(a: Args) -> Result<()> {
          ![sweep](sweep.png)\n\n\
          | layer | CAA norm | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n|---|---|---|---|---|---|\n",
         lm.model.info.source,
-        std::env::args().collect::<Vec<_>>().join(" "),
+        bipo::util::redact::this_command_line(),
         items.len(),
         a.data.display()
     );
@@ -295,6 +313,6 @@ pub fn run(a: Args) -> Result<()> {
         serde_json::to_string_pretty(&rows)?.as_bytes(),
     )?;
     bipo::util::write_atomic(&a.out.join("sweep.md"), md.as_bytes())?;
-    println!("{md}");
+    crate::outln!("{md}")?;
     Ok(())
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bipo::run::{DataRecord, ModelRecord, RunRecord};
 use bipo::train::bipo::{tokenize, Prepared};
+use bipo::train::rundir::{writes_run_file, RunDir, Start};
 use bipo::train::{Event, TrainConfig, Trainer};
 use bipo::VectorMeta;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -62,9 +64,15 @@ pub struct Args {
     /// Memory (MB) for cached layer-L states; beyond it they are recomputed each step.
     #[arg(long)]
     cache_mb: Option<usize>,
-    /// Continue from OUT/checkpoint.json (same settings); reaches the same vector as an uninterrupted run.
-    #[arg(long)]
+    /// Continue from OUT/checkpoint.json (same settings, model and data); reaches the same vector as an uninterrupted run.
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+    /// Replace a training run already in OUT (its files are removed first).
+    #[arg(long)]
+    force: bool,
+    /// Also write a checkpoint every N steps inside an epoch (0 = at epoch ends only).
+    #[arg(long, value_name = "N", default_value_t = bipo::train::trainer::DEFAULT_CHECKPOINT_EVERY)]
+    checkpoint_every: usize,
     /// Drop records with an empty field (listed in run.json) instead of failing.
     #[arg(long)]
     skip_invalid_rows: bool,
@@ -118,6 +126,17 @@ fn bar(len: u64, template: &str) -> ProgressBar {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = config(&a)?;
+    let model_path = std::path::Path::new(&a.model.model);
+    let mut inputs = vec![("--data", a.data.as_path()), ("--model", model_path)];
+    inputs.extend(a.test.as_deref().map(|t| ("--test", t)));
+    inputs.extend(a.config.as_deref().map(|t| ("--config", t)));
+    bipo::util::fs::check_output_dir(&inputs, "--out", &a.out, writes_run_file)?;
+    let start = match (a.resume, a.force) {
+        (true, _) => Start::Resume,
+        (_, true) => Start::Replace,
+        _ => Start::Fresh,
+    };
+    let out = RunDir::open(&a.out, start)?;
     let train = bipo::data::load_pairs_with(&a.data, a.skip_invalid_rows)?;
     let test = a
         .test
@@ -129,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .chain(test.iter().flat_map(|t| t.skipped.iter()))
     {
-        eprintln!("skipped {s}");
+        crate::note!("skipped {s}");
     }
     let lm = a.model.load()?;
     if cfg.layer >= lm.model.num_layers() {
@@ -141,20 +160,23 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let template = crate::args::chat_template(&lm, cfg.template.as_deref())?;
-    let model_sha = if lm.path.is_file() {
-        Some(bipo::util::file_sha256(&lm.path)?)
-    } else {
-        None
-    };
-    let record = serde_json::json!({
-        "tool": format!("bipo {}", env!("CARGO_PKG_VERSION")),
-        "method": "bipo",
-        "config": &cfg,
-        "model": { "source": &lm.model.info.source, "family": &lm.model.info.family, "sha256": &model_sha, "weights": &lm.model.info.weights },
-        "data": { "path": &a.data, "sha256": &train.sha256, "format": train.format, "pairs": train.pairs.len(), "skipped": &train.skipped },
-        "test": test.as_ref().map(|t| serde_json::json!({ "path": &a.test, "sha256": &t.sha256, "pairs": t.pairs.len() })),
-    });
-    bipo::train::trainer::write_run_record(&a.out, &record)?;
+    let model_rec = ModelRecord::of(&lm)?;
+    let model_sha = model_rec.sha256.clone();
+    let record = RunRecord::new(
+        "bipo",
+        &cfg,
+        model_rec,
+        DataRecord::of(&a.data, &train),
+        a.test
+            .as_deref()
+            .zip(test.as_ref())
+            .map(|(p, t)| DataRecord::of(p, t)),
+    );
+    if !a.resume {
+        // A resumed run keeps the record of the run it continues (the checkpoint
+        // proves the inputs are the same).
+        record.write(out.path())?;
+    }
     let prep = |pairs: &[bipo::data::PreferencePair], what: &str| -> Result<Prepared> {
         let ex = tokenize(pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
         let pb = bar(
@@ -173,9 +195,10 @@ pub fn run(a: Args) -> Result<()> {
     let train_p = prep(&train.pairs, "train")?;
     let test_p = test.as_ref().map(|t| prep(&t.pairs, "test")).transpose()?;
     if !train_p.is_cached() {
-        eprintln!(
+        crate::note!(
             "note: layer-{} states exceed --cache-mb {}; recomputing them every step",
-            cfg.layer, cfg.cache_mb
+            cfg.layer,
+            cfg.cache_mb
         );
     }
     let stem = a
@@ -204,8 +227,10 @@ pub fn run(a: Args) -> Result<()> {
         cfg: cfg.clone(),
         train: &train_p,
         test: test_p.as_ref(),
-        out_dir: a.out.clone(),
+        out: &out,
         meta,
+        inputs: record.inputs(),
+        checkpoint_every: a.checkpoint_every,
     };
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -215,7 +240,7 @@ pub fn run(a: Args) -> Result<()> {
             if stop.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);
             }
-            eprintln!(
+            crate::note!(
                 "\nstopping after this step; a checkpoint will be written (Ctrl-C again to abort)"
             );
         })
@@ -257,14 +282,14 @@ pub fn run(a: Args) -> Result<()> {
     pb.finish_and_clear();
     let path = a.out.join(bipo::train::trainer::VECTOR_FILE);
     if outcome.interrupted {
-        eprintln!(
+        crate::note!(
             "interrupted at step {}; resume with --resume. Vector so far: {}",
             outcome.steps,
             path.display()
         );
         std::process::exit(130);
     }
-    eprintln!(
+    crate::note!(
         "trained {} steps; vector: {}",
         outcome.steps,
         path.display()
@@ -278,13 +303,13 @@ pub fn run(a: Args) -> Result<()> {
         let mut rows = Vec::new();
         for m in MARGIN_MULTIPLIERS {
             let margin = test.mean_margin(&v, m, cfg.batch_size)?;
-            eprintln!(
+            crate::note!(
                 "test mean log-prob margin (matching - opposite) at multiplier {m:+}: {margin:.4}"
             );
             rows.push(serde_json::json!({"multiplier": m, "mean_margin": margin}));
         }
         bipo::util::write_atomic(
-            &a.out.join("test-margins.json"),
+            &a.out.join(bipo::train::rundir::TEST_MARGINS_FILE),
             serde_json::to_string_pretty(&rows)?.as_bytes(),
         )?;
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bipo::{SteeringVector, VectorMeta};
 use clap::Subcommand;
 
@@ -56,39 +56,68 @@ enum Cmd {
 }
 
 fn write(v: &SteeringVector, path: &Path, hint: &str) -> Result<()> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("gguf") => bipo::io::controlvector::write(v, hint, path)?,
-        Some("safetensors") => bipo::io::safetensors::write(v, path)?,
-        _ => bail!(
-            "{}: choose the output format with a .gguf or .safetensors extension",
-            path.display()
-        ),
+    bipo::io::write_vector(v, path, hint)?;
+    crate::note!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Refuses an output that is one of the inputs, or a format that cannot be written,
+/// before reading anything.
+fn check_output(inputs: &[&Path], output: &Path) -> Result<()> {
+    let named: Vec<(&str, &Path)> = inputs.iter().map(|p| ("the input", *p)).collect();
+    bipo::util::fs::check_outputs(&named, &[("output", output)])?;
+    if !matches!(
+        output.extension().and_then(|e| e.to_str()),
+        Some("gguf" | "safetensors")
+    ) {
+        bail!(
+            "invalid output file {}: use a .safetensors or .gguf extension",
+            output.display()
+        );
     }
-    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
+    match &a.cmd {
+        Cmd::Convert { input, output, .. } | Cmd::Scale { input, output, .. } => {
+            check_output(&[input], output)?
+        }
+        Cmd::Combine { inputs, output, .. } => {
+            let paths = inputs
+                .iter()
+                .map(|s| parse_vector_spec(s).map(|(p, _)| p))
+                .collect::<Result<Vec<_>>>()?;
+            check_output(
+                &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+                output,
+            )?
+        }
+        _ => {}
+    }
+    if let Cmd::Scale { k, .. } = &a.cmd {
+        crate::args::check_multiplier(*k).context("vector scale K")?;
+    }
     match a.cmd {
         Cmd::Info { file } => {
             let v = bipo::io::read_vector(&file)?;
-            println!("name:    {}", v.meta.name);
-            println!("method:  {}", v.meta.method.as_deref().unwrap_or("unknown"));
-            println!("model:   {}", v.meta.model.as_deref().unwrap_or("unknown"));
-            println!("width:   {}", v.hidden_size().unwrap_or(0));
-            println!(
+            crate::outln!("name:    {}", v.meta.name)?;
+            crate::outln!("method:  {}", v.meta.method.as_deref().unwrap_or("unknown"))?;
+            crate::outln!("model:   {}", v.meta.model.as_deref().unwrap_or("unknown"))?;
+            crate::outln!("width:   {}", v.hidden_size().unwrap_or(0))?;
+            crate::outln!(
                 "layers:  {}",
                 v.layers
                     .keys()
                     .map(|l| l.to_string())
                     .collect::<Vec<_>>()
                     .join(",")
-            );
+            )?;
             for (l, n) in v.norms() {
-                println!("  layer {l:>3}  norm {n:.4}");
+                crate::outln!("  layer {l:>3}  norm {n:.4}")?;
             }
             for (k, val) in &v.meta.extra {
-                println!("{k}: {val}");
+                crate::outln!("{k}: {val}")?;
             }
         }
         Cmd::Convert {
@@ -148,12 +177,15 @@ pub fn run(a: Args) -> Result<()> {
                     .iter()
                     .map(|(l, n)| format!("{l}:{n:.3}"))
                     .collect();
-                println!("{}  norms {}", f.display(), norms.join(" "));
+                crate::outln!("{}  norms {}", f.display(), norms.join(" "))?;
             }
             for i in 0..vs.len() {
                 for j in i + 1..vs.len() {
                     let cos: Vec<String> = vs[i]
                         .cosine(&vs[j])
+                        .with_context(|| {
+                            format!("{} vs {}", files[i].display(), files[j].display())
+                        })?
                         .iter()
                         .map(|(l, c)| format!("{l}:{c:+.3}"))
                         .collect();
@@ -162,11 +194,11 @@ pub fn run(a: Args) -> Result<()> {
                     } else {
                         cos.join(" ")
                     };
-                    println!(
+                    crate::outln!(
                         "cosine {} vs {}: {shown}",
                         files[i].display(),
                         files[j].display()
-                    );
+                    )?;
                 }
             }
         }

@@ -67,7 +67,7 @@ fn bad(path: &Path, where_: impl std::fmt::Display, reason: impl std::fmt::Displ
 
 /// Loads A/B questions; errors name the file and line.
 pub fn load_ab(path: &Path) -> Result<Vec<AbItem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::read_text(path)?;
     let items = if path.extension().and_then(|e| e.to_str()) == Some("csv") {
         load_csv(path, &text)?
     } else {
@@ -182,8 +182,9 @@ pub fn examples(
     items
         .iter()
         .map(|it| {
-            let prompt = template.prompt(system, &it.user_text())? + AB_ANSWER_PREFIX;
-            let prompt = tok.encode(&prompt, true)?;
+            let mut prompt = template.question_prompt(system, &it.user_text())?;
+            prompt.text += AB_ANSWER_PREFIX;
+            let prompt = tok.encode_chat(&prompt, true)?;
             let responses = if it.matching_is_b {
                 [b.clone(), a.clone()]
             } else {

@@ -45,7 +45,7 @@ impl<'m> DamageSet<'m> {
     pub fn new(model: &'m Model, tok: &Tokenizer, texts: &[String], layer: usize) -> Result<Self> {
         let ids = texts
             .iter()
-            .map(|t| tok.encode(t, true))
+            .map(|t| tok.encode_plain(t, true))
             .collect::<Result<Vec<_>>>()?;
         Self::from_ids(model, ids, layer)
     }
@@ -134,6 +134,8 @@ impl<'m> DamageSet<'m> {
             }
         }
         let n = self.num_predictions() as f64;
+        let all: Vec<f32> = kl.iter().chain(&nll).map(|&x| x as f32).collect();
+        crate::util::check_finite("the damage check (KL, perplexity on neutral text)", &all)?;
         Ok(kl
             .iter()
             .zip(&nll)

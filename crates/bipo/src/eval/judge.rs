@@ -148,7 +148,7 @@ impl Judge {
     pub fn score(&self, prompt: &str) -> Result<Verdict> {
         let cache = self.cache_path(prompt);
         if let Some(p) = cache.as_ref().filter(|p| p.is_file()) {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = crate::util::read_text(p)?;
             if let Ok(mut v) = serde_json::from_str::<Verdict>(&text) {
                 v.cached = true;
                 return Ok(v);
@@ -170,7 +170,22 @@ impl Judge {
         Ok(v)
     }
 
+    /// `s` without the API key, URL credentials or other secrets (error messages carry
+    /// the URL and the server's reply, which may echo the key).
+    fn scrub(&self, s: &str) -> String {
+        let s = crate::util::redact::redact(s);
+        match self.cfg.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(k) => s.replace(k, crate::util::redact::MASK),
+            None => s,
+        }
+    }
+
     fn ask(&self, prompt: &str) -> Result<String> {
+        self.ask_raw(prompt)
+            .map_err(|e| Error::Judge(self.scrub(&e.to_string().replacen("judge: ", "", 1))))
+    }
+
+    fn ask_raw(&self, prompt: &str) -> Result<String> {
         let body = serde_json::json!({
             "model": self.cfg.model,
             "temperature": 0,

@@ -63,7 +63,7 @@ pub fn answers(
             for q in questions {
                 let ids = lm
                     .tokenizer
-                    .encode(&template.prompt(system, &q.question)?, true)?;
+                    .encode_chat(&template.question_prompt(system, &q.question)?, true)?;
                 let g = generate(m, &lm.tokenizer, &ids, &steering, &opts, |_| Ok(()))?;
                 out.push(Answer {
                     vector: v.meta.name.clone(),

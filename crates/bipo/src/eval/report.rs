@@ -272,7 +272,7 @@ impl Report {
     /// Reads `dir/report.json`.
     pub fn read(dir: &Path) -> Result<Self> {
         let p = dir.join("report.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = crate::util::read_text(&p)?;
         serde_json::from_str(&text)
             .map_err(|e| Error::bad_file(&p, format!("not a bipo report: {e}")))
     }

@@ -21,6 +21,31 @@ pub(crate) fn parse_layer_index(s: &str) -> Option<usize> {
     s.parse().ok().filter(|&n| plain && n <= MAX_LAYER_INDEX)
 }
 
+/// Extensions [`write_vector`] writes, and the format each stands for.
+pub const WRITABLE: &[(&str, &str)] = &[
+    ("safetensors", "bipo safetensors"),
+    ("gguf", "llama.cpp control vector"),
+];
+
+/// Writes `v` in the format named by `path`'s extension (`.safetensors` or `.gguf`;
+/// `model_hint` is llama.cpp's architecture name for GGUF). Any other extension is
+/// refused, so no file carries a name that lies about its format.
+pub fn write_vector(v: &SteeringVector, path: &Path, model_hint: &str) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => controlvector::write(v, model_hint, path),
+        Some("safetensors") => safetensors::write(v, path),
+        other => Err(crate::Error::invalid(
+            format!("output file {}", path.display()),
+            format!(
+                "{} cannot be written; use a .safetensors or .gguf extension",
+                other.map_or("a file without an extension".to_string(), |e| format!(
+                    "`.{e}`"
+                ))
+            ),
+        )),
+    }
+}
+
 /// Whether the file starts like a zip archive (PyTorch `.pt`).
 fn is_zip(path: &Path) -> bool {
     use std::io::Read;
@@ -57,10 +82,15 @@ pub fn read_vector(path: &Path) -> Result<SteeringVector> {
             path,
             "not a steering vector (expected GGUF control vector or safetensors)",
         ))
+    } else if path.is_dir() {
+        Err(crate::Error::io(
+            path,
+            std::io::Error::from(std::io::ErrorKind::IsADirectory),
+        ))
     } else {
         Err(crate::Error::io(
             path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
         ))
     }
 }

@@ -55,7 +55,7 @@ fn download(repo: hf_hub::Repo, id: &str) -> Result<PathBuf> {
         Ok(_) => {}
         Err(_) => {
             let index = r.get("model.safetensors.index.json").map_err(err)?;
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let text = crate::util::read_text(&index)?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::bad_file(&index, e.to_string()))?;
             let mut shards: Vec<&str> = v["weight_map"]

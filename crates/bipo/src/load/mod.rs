@@ -81,9 +81,38 @@ impl ModelSource {
         }
         Err(Error::io(
             p,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
         ))
     }
+}
+
+/// The model's identity: the sha256 of a GGUF file, or for a folder the sha256 of the
+/// list "name sha256" of its config.json, tokenizer files and weight files.
+pub fn model_sha256(lm: &LoadedModel) -> Result<Option<String>> {
+    use sha2::{Digest, Sha256};
+    let p = &lm.path;
+    if p.is_file() {
+        return crate::util::file_sha256(p).map(Some);
+    }
+    if !p.is_dir() {
+        return Ok(None);
+    }
+    let mut files = safetensors_files(p)?;
+    for extra in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        if p.join(extra).is_file() {
+            files.push(p.join(extra));
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        h.update(format!("{name} {}\n", crate::util::file_sha256(f)?));
+    }
+    Ok(Some(format!("{:x}", h.finalize())))
 }
 
 /// Loads the model named by `spec` (GGUF file, Hugging Face folder, or Hub id).
@@ -166,7 +195,7 @@ fn load_gguf(path: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel>
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::util::read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("invalid JSON: {e}")))
 }
 
@@ -201,8 +230,13 @@ fn safetensors_files(folder: &Path) -> Result<Vec<PathBuf>> {
 
 fn load_hf_folder(folder: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let config_path = folder.join("config.json");
-    let config_text =
-        std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    if !config_path.is_file() {
+        return Err(Error::bad_file(
+            folder,
+            "not a model folder (no config.json); give a GGUF file or a Hugging Face model folder",
+        ));
+    }
+    let config_text = crate::util::read_text(&config_path)?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| Error::bad_file(&config_path, format!("invalid JSON: {e}")))?;
     let model_type = config

@@ -386,8 +386,23 @@ impl Model {
         Ok(xs)
     }
 
-    /// Final norm. xs: (b, t, hidden)
+    /// Final norm. xs: (b, t, hidden). Refuses a residual stream that is non-finite or
+    /// so large that the norm's sum of squares overflows (the norm would then return
+    /// zeros and every logit would be equal: garbage that looks like output).
     pub fn final_norm(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let max = xs
+            .detach()
+            .to_dtype(DType::F32)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        let overflow = (max as f64).powi(2) * self.cfg.hidden_size as f64 > f32::MAX as f64;
+        if !max.is_finite() || overflow {
+            return Err(Error::NonFinite(format!(
+                "the residual stream (largest magnitude {max:e}): activations overflowed; is a steering vector or multiplier far too large?"
+            )));
+        }
         self.norm.forward(xs, mode)
     }
 
@@ -419,6 +434,17 @@ impl Model {
             }
         }
         let t = ids.dim(1)?;
+        if pos + t > self.max_context() {
+            // Checked before the embedding, which would allocate t x hidden floats.
+            return Err(Error::invalid(
+                "context length",
+                format!(
+                    "{} tokens exceed the model's context of {}",
+                    pos + t,
+                    self.max_context()
+                ),
+            ));
+        }
         let xs = self.embed(ids)?;
         let xs = self.run_blocks(
             &xs,

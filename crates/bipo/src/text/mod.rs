@@ -3,5 +3,5 @@
 pub mod chat;
 pub mod tokenizer;
 
-pub use chat::{ChatTemplate, Message};
+pub use chat::{ChatPrompt, ChatTemplate, Message};
 pub use tokenizer::Tokenizer;

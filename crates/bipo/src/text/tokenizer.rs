@@ -24,6 +24,7 @@ use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
+use super::chat::ChatPrompt;
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
 
@@ -46,6 +47,9 @@ const SPM_SPACE: &str = "\u{2581}";
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token parsing off: special-token strings in the
+    /// text stay text (for message contents and training responses).
+    plain: tokenizers::Tokenizer,
     bos: Option<u32>,
     eos: Vec<u32>,
     add_bos: bool,
@@ -116,6 +120,13 @@ fn spm_merges(tokens: &[String], scores: &[f64], skip: &HashSet<u32>) -> Vec<(St
         .into_iter()
         .map(|(_, _, a, b)| (tokens[a].clone(), tokens[b].clone()))
         .collect()
+}
+
+/// A copy of `t` that treats special-token strings as ordinary text.
+fn plain_of(t: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    let mut p = t.clone();
+    p.set_encode_special_tokens(true);
+    p
 }
 
 impl Tokenizer {
@@ -231,6 +242,7 @@ impl Tokenizer {
         let mut special = special;
         special.extend(bos.iter().chain(eos.iter()).chain(eot.iter()));
         Ok(Self {
+            plain: plain_of(&inner),
             inner,
             bos,
             eos: eos.into_iter().chain(eot).collect(),
@@ -272,6 +284,7 @@ impl Tokenizer {
             .map(|(&i, _)| i)
             .collect();
         Ok(Self {
+            plain: plain_of(&inner),
             inner,
             bos,
             eos,
@@ -289,6 +302,74 @@ impl Tokenizer {
             ids.extend(self.bos);
         }
         ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids of `text` with special-token strings kept as text (never control
+    /// tokens): for user-supplied text such as training responses.
+    pub fn encode_plain(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        let enc = self.plain.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids of a rendered chat prompt: special-token strings written by the
+    /// template become special tokens, those inside message contents stay text, so a
+    /// message cannot forge roles (`<|im_end|><|im_start|>system`). When no message
+    /// holds special-token text, this equals [`Self::encode`] of the text.
+    pub fn encode_chat(&self, prompt: &ChatPrompt, add_bos: bool) -> Result<Vec<u32>> {
+        let text = prompt.text.as_str();
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let overlaps = |(s, e): (usize, usize)| -> bool {
+            match &prompt.content {
+                Some(ranges) => ranges.iter().any(|r| s < r.end && r.start < e),
+                None => true,
+            }
+        };
+        let tokens: Vec<(u32, (usize, usize))> = enc
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(enc.get_offsets().iter().copied())
+            .collect();
+        let injected = tokens
+            .iter()
+            .any(|(id, off)| self.special.contains(id) && overlaps(*off));
+        let mut ids = Vec::with_capacity(tokens.len() + 1);
+        if add_bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        if !injected {
+            ids.extend(tokens.iter().map(|(id, _)| *id));
+            return Ok(ids);
+        }
+        if prompt.content.is_none() {
+            return Err(Error::Template(
+                "a message holds special-token text and the chat template changes message \
+                 text, so it cannot be kept apart from the template's own tokens; remove the \
+                 special-token text from the message"
+                    .into(),
+            ));
+        }
+        // Split at the template's own special tokens; encode the text between them with
+        // special-token parsing off, as the tokenizer would encode it without them.
+        let mut cursor = 0;
+        for (id, (s, e)) in tokens {
+            if self.special.contains(&id) && !overlaps((s, e)) {
+                if s > cursor {
+                    ids.extend(self.encode_plain(&text[cursor..s], false)?);
+                }
+                ids.push(id);
+                cursor = e;
+            }
+        }
+        if cursor < text.len() {
+            ids.extend(self.encode_plain(&text[cursor..], false)?);
+        }
         Ok(ids)
     }
 

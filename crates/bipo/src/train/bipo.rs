@@ -58,9 +58,9 @@ pub fn tokenize(
     pairs
         .iter()
         .map(|p| {
-            let prompt = tok.encode(&template.prompt(system, &p.question)?, true)?;
+            let prompt = tok.encode_chat(&template.question_prompt(system, &p.question)?, true)?;
             let resp = |t: &str| -> Result<Vec<u32>> {
-                let mut ids = tok.encode(t, false)?;
+                let mut ids = tok.encode_plain(t, false)?;
                 ids.push(eos);
                 Ok(ids)
             };
@@ -113,6 +113,7 @@ impl<'m> Prepared<'m> {
                 format!("{layer} >= the model's {} layers", model.num_layers()),
             ));
         }
+        check_lengths(model, &examples)?;
         let tokens: usize = examples
             .iter()
             .map(|e| e.prompt.len() + e.responses[0].len() + e.responses[1].len())
@@ -131,6 +132,7 @@ impl<'m> Prepared<'m> {
             let idx: Vec<usize> = (c * PREPARE_BATCH..c * PREPARE_BATCH + chunk.len()).collect();
             let states = p.prefix_states(&idx)?;
             let lp: Vec<f32> = p.logp_from_prefix(&idx, &states, None)?.to_vec1()?;
+            crate::util::check_finite("the unsteered model's response log-probabilities", &lp)?;
             for (j, &i) in idx.iter().enumerate() {
                 ref_logp.push([lp[2 * j], lp[2 * j + 1]]);
                 if let Some(pre) = prefix.as_mut() {
@@ -146,14 +148,15 @@ impl<'m> Prepared<'m> {
 
     /// Examples packed for reading activations only: nothing cached, no reference
     /// log-probabilities. Use with [`Self::layer_states`].
-    pub fn for_activations(model: &'m Model, examples: Vec<Example>) -> Self {
-        Self {
+    pub fn for_activations(model: &'m Model, examples: Vec<Example>) -> Result<Self> {
+        check_lengths(model, &examples)?;
+        Ok(Self {
             model,
             layer: 0,
             examples,
             prefix: None,
             ref_logp: Vec::new(),
-        }
+        })
     }
 
     /// Unsteered outputs of each block in `layers` (ascending) on the packed rows of
@@ -205,6 +208,11 @@ impl<'m> Prepared<'m> {
 
     pub fn layer(&self) -> usize {
         self.layer
+    }
+
+    /// Width of the model's residual stream (the vector's length).
+    pub fn model_hidden_size(&self) -> usize {
+        self.model.hidden_size()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -388,6 +396,7 @@ impl<'m> Prepared<'m> {
             let lp: Vec<f32> = self
                 .logp_from_prefix(chunk, &states, Some(&delta))?
                 .to_vec1()?;
+            crate::util::check_finite("steered response log-probabilities", &lp)?;
             sum += lp
                 .chunks_exact(2)
                 .map(|p| (p[0] - p[1]) as f64)
@@ -422,6 +431,7 @@ impl<'m> Prepared<'m> {
             let lp: Vec<f32> = self
                 .logp_steered(chunk, &states, delta, &later)?
                 .to_vec1()?;
+            crate::util::check_finite("steered response log-probabilities", &lp)?;
             out.extend(lp.chunks_exact(2).map(|p| [p[0], p[1]]));
         }
         Ok(out)
@@ -499,6 +509,31 @@ impl<'m> Prepared<'m> {
             margins: margin.to_vec1()?,
         })
     }
+}
+
+/// Refuses, before anything is allocated for it, an example longer than the model's
+/// context (prompt plus the longer response) or with an empty prompt or response.
+pub fn check_lengths(model: &Model, examples: &[Example]) -> Result<()> {
+    for (i, e) in examples.iter().enumerate() {
+        let longest = e.prompt.len() + e.responses[0].len().max(e.responses[1].len());
+        if longest > model.max_context() {
+            return Err(Error::invalid(
+                format!("example {}", i + 1),
+                format!(
+                    "{longest} tokens (prompt {} + response) exceed the model's context of {}",
+                    e.prompt.len(),
+                    model.max_context()
+                ),
+            ));
+        }
+        if e.prompt.is_empty() || e.responses.iter().any(Vec::is_empty) {
+            return Err(Error::invalid(
+                format!("example {}", i + 1),
+                "its prompt or a response has no tokens",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A zero vector of the model's width (BiPO's initialisation).

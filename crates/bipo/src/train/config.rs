@@ -19,6 +19,9 @@ pub const DEFAULT_SEED: u64 = 0;
 /// Memory for cached layer-L states; beyond it they are recomputed every step.
 pub const DEFAULT_CACHE_MB: usize = 8192;
 
+/// Largest accepted `cache_mb` (1 TiB): beyond it the byte count would overflow.
+pub const MAX_CACHE_MB: usize = 1 << 20;
+
 /// Everything that determines a BiPO run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,7 +75,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reads a TOML file; missing keys keep their defaults, unknown keys are errors.
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::util::read_text(path)?;
         toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))
     }
 
@@ -89,8 +92,22 @@ impl TrainConfig {
         pos("beta", self.beta)?;
         pos("adam_eps", self.adam_eps)?;
         pos("grad_clip", self.grad_clip)?;
-        if self.batch_size == 0 || self.epochs == 0 {
-            return Err(Error::invalid("batch_size/epochs", "must be >= 1"));
+        for (n, x) in [("batch_size", self.batch_size), ("epochs", self.epochs)] {
+            if x == 0 {
+                return Err(Error::invalid(n, "0 (must be >= 1)"));
+            }
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::invalid(
+                "max_steps",
+                "0 (must be >= 1; leave it out to run every epoch)",
+            ));
+        }
+        if self.cache_mb > MAX_CACHE_MB {
+            return Err(Error::invalid(
+                "cache_mb",
+                format!("{} (at most {MAX_CACHE_MB})", self.cache_mb),
+            ));
         }
         for (n, b) in [
             ("adam_beta1", self.adam_beta1),

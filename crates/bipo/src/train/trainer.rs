@@ -1,9 +1,16 @@
 //! The BiPO training loop: AdamW on the vector only, warm-up + cosine schedule,
 //! gradient clipping, a seeded direction per step, per-step metrics, a checkpoint and
-//! a vector file after every epoch, exact resume, and a clean stop on request.
+//! a vector file after every epoch (and a checkpoint every few steps), exact resume,
+//! and a clean stop on request.
+//!
+//! Resume is exact even after `kill -9`: the checkpoint holds everything the next step
+//! depends on (vector, Adam moments, the epoch's running loss), each epoch's order and
+//! each step's direction are recomputed from the seed, and `metrics.jsonl` is cut back
+//! to the checkpoint's step so no row appears twice. A checkpoint also records the
+//! sha256 of the model and data it was trained on; resuming with others is refused.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Tensor, Var};
@@ -13,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bipo::Prepared;
 use super::config::TrainConfig;
+use super::rundir::RunDir;
 use crate::error::{Error, Result};
+use crate::run::RunInputs;
 use crate::vector::{SteeringVector, VectorMeta};
 
 /// File names inside the output folder.
@@ -65,6 +74,12 @@ pub struct Checkpoint {
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
     pub config: TrainConfig,
+    /// Sum and count of the training losses of the current epoch so far.
+    #[serde(default)]
+    pub epoch_loss: (f64, usize),
+    /// The model and data the run was trained on.
+    #[serde(default)]
+    pub inputs: RunInputs,
 }
 
 /// How a run ended.
@@ -127,39 +142,63 @@ pub fn evaluate(p: &Prepared, v: &Tensor, d: f32, cfg: &TrainConfig) -> Result<(
     Ok(((loss / n as f64) as f32, (margin / n as f64) as f32))
 }
 
+/// Default interval, in steps, between checkpoints inside an epoch.
+pub const DEFAULT_CHECKPOINT_EVERY: usize = 25;
+
 /// The training run.
 pub struct Trainer<'a, 'm> {
     pub cfg: TrainConfig,
     pub train: &'a Prepared<'m>,
     pub test: Option<&'a Prepared<'m>>,
-    pub out_dir: PathBuf,
+    /// The locked output folder.
+    pub out: &'a RunDir,
     /// Metadata copied into every saved vector.
     pub meta: VectorMeta,
+    /// The model and data of this run (checked against the checkpoint on resume).
+    pub inputs: RunInputs,
+    /// Checkpoint every this many steps (and at every epoch's end); 0 = epochs only.
+    pub checkpoint_every: usize,
+}
+
+/// Optimizer state between steps.
+struct State {
+    step: usize,
+    v: Vec<f32>,
+    m1: Vec<f32>,
+    m2: Vec<f32>,
+    epoch_loss: (f64, usize),
 }
 
 impl Trainer<'_, '_> {
+    fn out_dir(&self) -> &Path {
+        self.out.path()
+    }
+
     fn save_vector(&self, v: &[f32], file: &str) -> Result<SteeringVector> {
         let sv = SteeringVector::single(self.cfg.layer, v.to_vec(), self.meta.clone());
-        crate::io::safetensors::write(&sv, &self.out_dir.join(file))?;
+        crate::io::safetensors::write(&sv, &self.out_dir().join(file))?;
         Ok(sv)
     }
 
-    fn save_checkpoint(&self, step: usize, v: &[f32], m: &[f32], s: &[f32]) -> Result<()> {
+    fn save_checkpoint(&self, s: &State) -> Result<()> {
         let ck = Checkpoint {
-            step,
-            vector: v.to_vec(),
-            adam_m: m.to_vec(),
-            adam_v: s.to_vec(),
+            step: s.step,
+            vector: s.v.clone(),
+            adam_m: s.m1.clone(),
+            adam_v: s.m2.clone(),
             config: self.cfg.clone(),
+            epoch_loss: s.epoch_loss,
+            inputs: self.inputs.clone(),
         };
         let json = serde_json::to_vec(&ck).expect("checkpoint serialises");
-        crate::util::write_atomic(&self.out_dir.join(CHECKPOINT_FILE), &json)
+        crate::util::write_atomic(&self.out_dir().join(CHECKPOINT_FILE), &json)
     }
 
-    /// Loads the checkpoint in the output folder, refusing one made with another config.
+    /// Loads the checkpoint in the output folder, refusing one made with another config
+    /// or other inputs.
     pub fn load_checkpoint(&self) -> Result<Checkpoint> {
-        let p = self.out_dir.join(CHECKPOINT_FILE);
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let p = self.out_dir().join(CHECKPOINT_FILE);
+        let text = crate::util::read_text(&p)?;
         let ck: Checkpoint =
             serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, e.to_string()))?;
         let same = TrainConfig {
@@ -169,10 +208,49 @@ impl Trainer<'_, '_> {
         if !same {
             return Err(Error::bad_file(
                 &p,
-                "was written with a different training config; cannot resume",
+                format!(
+                    "was written with a different training config ({}); resume with the same settings",
+                    config_diff(&ck.config, &self.cfg)
+                ),
+            ));
+        }
+        self.inputs.check_resumes(&ck.inputs, &p)?;
+        let n = self.train.model_hidden_size();
+        if ck.vector.len() != n || ck.adam_m.len() != n || ck.adam_v.len() != n {
+            return Err(Error::bad_file(
+                &p,
+                format!("vector width is not the model's {n}"),
             ));
         }
         Ok(ck)
+    }
+
+    /// Rewrites metrics.jsonl keeping only rows written before checkpoint step `step`
+    /// (and dropping a line cut short by a kill), so resumed rows are not duplicated.
+    fn truncate_metrics(&self, step: usize) -> Result<()> {
+        let p = self.out_dir().join(METRICS_FILE);
+        if !p.is_file() {
+            return Ok(());
+        }
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut kept = String::new();
+        for line in text.lines() {
+            let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let at = row["metrics"]["step"].as_u64().unwrap_or(u64::MAX) as usize;
+            let keep = match row["type"].as_str() {
+                Some("step") => at < step,
+                Some("epoch") => at <= step,
+                _ => false,
+            };
+            if keep {
+                kept += line;
+                kept.push('\n');
+            }
+        }
+        crate::util::write_atomic(&p, kept.as_bytes())
     }
 
     /// Runs from step 0, or from the checkpoint when `resume` is set, until the last
@@ -185,19 +263,31 @@ impl Trainer<'_, '_> {
     ) -> Result<Outcome> {
         let cfg = &self.cfg;
         cfg.validate()?;
-        std::fs::create_dir_all(&self.out_dir).map_err(|e| Error::io(&self.out_dir, e))?;
         let n = self.train.len();
         let per_epoch = cfg.steps_per_epoch(n);
         let total = per_epoch * cfg.epochs;
         let last = cfg.max_steps.map_or(total, |m| m.min(total));
-        let (mut step, mut v, mut m1, mut m2) = if resume {
+        let mut st = if resume {
             let ck = self.load_checkpoint()?;
-            (ck.step, ck.vector, ck.adam_m, ck.adam_v)
+            self.truncate_metrics(ck.step)?;
+            State {
+                step: ck.step,
+                v: ck.vector,
+                m1: ck.adam_m,
+                m2: ck.adam_v,
+                epoch_loss: ck.epoch_loss,
+            }
         } else {
             let zeros = super::bipo::zeros_like_model(self.train)?;
-            (0, zeros.clone(), zeros.clone(), zeros)
+            State {
+                step: 0,
+                v: zeros.clone(),
+                m1: zeros.clone(),
+                m2: zeros,
+                epoch_loss: (0.0, 0),
+            }
         };
-        let metrics_path = self.out_dir.join(METRICS_FILE);
+        let metrics_path = self.out_dir().join(METRICS_FILE);
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)
             .append(resume)
@@ -211,30 +301,27 @@ impl Trainer<'_, '_> {
         let dev = self.train.device().clone();
         let mut interrupted = false;
         let mut saved_at: Option<usize> = None;
-        let mut epoch_loss = (0f64, 0usize);
-        while step < last {
+        while st.step < last {
             if stop.load(Ordering::SeqCst) {
                 interrupted = true;
                 break;
             }
+            let step = st.step;
             let epoch = step / per_epoch;
             let k = step % per_epoch;
             let order = epoch_order(cfg.seed, epoch, n);
             let batch = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(n)];
             let d = step_direction(cfg.seed, step);
-            let var = Var::from_tensor(&Tensor::new(v.as_slice(), &dev)?)?;
+            let var = Var::from_tensor(&Tensor::new(st.v.as_slice(), &dev)?)?;
             let out = self
                 .train
                 .loss(batch, var.as_tensor(), d, cfg.beta as f32)?;
             let loss = out.loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
-                return Err(Error::invalid(
-                    "training",
-                    format!(
-                        "loss became {loss} at step {step}; the last good checkpoint is kept in {}",
-                        self.out_dir.display()
-                    ),
-                ));
+                return Err(Error::NonFinite(format!(
+                    "the training loss at step {step} ({loss}); the last good checkpoint is kept in {}",
+                    self.out_dir().display()
+                )));
             }
             let mut g: Vec<f32> = out
                 .loss
@@ -242,7 +329,8 @@ impl Trainer<'_, '_> {
                 .get(&var)
                 .map(|g| g.to_vec1())
                 .transpose()?
-                .unwrap_or_else(|| vec![0.0; v.len()]);
+                .unwrap_or_else(|| vec![0.0; st.v.len()]);
+            crate::util::check_finite(&format!("the gradient at step {step}"), &g)?;
             let grad_norm = norm(&g);
             if grad_norm as f64 > cfg.grad_clip {
                 let s = (cfg.grad_clip / (grad_norm as f64 + 1e-6)) as f32;
@@ -253,13 +341,14 @@ impl Trainer<'_, '_> {
             let t = (step + 1) as i32;
             let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
             let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            for i in 0..v.len() {
-                let gi = g[i] as f64;
-                let mut p = v[i] as f64 * (1.0 - lr * cfg.weight_decay);
-                let m = b1 * m1[i] as f64 + (1.0 - b1) * gi;
-                let s = b2 * m2[i] as f64 + (1.0 - b2) * gi * gi;
-                p -= lr * (m / c1) / ((s / c2).sqrt() + cfg.adam_eps);
-                (v[i], m1[i], m2[i]) = (p as f32, m as f32, s as f32);
+            let params = st.v.iter_mut().zip(st.m1.iter_mut()).zip(st.m2.iter_mut());
+            for (((p, m1), m2), &gi) in params.zip(&g) {
+                let gi = gi as f64;
+                let mut x = *p as f64 * (1.0 - lr * cfg.weight_decay);
+                let m = b1 * *m1 as f64 + (1.0 - b1) * gi;
+                let s = b2 * *m2 as f64 + (1.0 - b2) * gi * gi;
+                x -= lr * (m / c1) / ((s / c2).sqrt() + cfg.adam_eps);
+                (*p, *m1, *m2) = (x as f32, m as f32, s as f32);
             }
             let accuracy = out.margins.iter().filter(|&&m| m * d > 0.0).count() as f32
                 / out.margins.len() as f32;
@@ -271,16 +360,17 @@ impl Trainer<'_, '_> {
                 reward_margin: out.margins.iter().sum::<f32>() / out.margins.len() as f32,
                 accuracy,
                 grad_norm,
-                vector_norm: norm(&v),
+                vector_norm: norm(&st.v),
                 lr,
             };
             log(serde_json::json!({"type": "step", "metrics": &sm}))?;
             on_event(Event::Step(&sm));
-            epoch_loss = (epoch_loss.0 + loss as f64, epoch_loss.1 + 1);
-            step += 1;
+            st.epoch_loss = (st.epoch_loss.0 + loss as f64, st.epoch_loss.1 + 1);
+            st.step += 1;
+            let step = st.step;
             if step % per_epoch == 0 || step == last {
                 let e = (step - 1) / per_epoch;
-                let vt = Tensor::new(v.as_slice(), &dev)?;
+                let vt = Tensor::new(st.v.as_slice(), &dev)?;
                 let (mut tp, mut tm, mut mp) = (None, None, None);
                 if let Some(test) = self.test {
                     let (lp, marg) = evaluate(test, &vt, 1.0, cfg)?;
@@ -291,41 +381,59 @@ impl Trainer<'_, '_> {
                 let em = EpochMetrics {
                     epoch: e,
                     step,
-                    train_loss: (epoch_loss.0 / epoch_loss.1.max(1) as f64) as f32,
+                    train_loss: (st.epoch_loss.0 / st.epoch_loss.1.max(1) as f64) as f32,
                     test_loss_plus: tp,
                     test_loss_minus: tm,
                     test_margin_plus: mp,
                 };
-                epoch_loss = (0.0, 0);
+                if step % per_epoch == 0 {
+                    st.epoch_loss = (0.0, 0);
+                }
                 log(serde_json::json!({"type": "epoch", "metrics": &em}))?;
                 on_event(Event::Epoch(&em));
-                self.save_vector(&v, &format!("epoch-{}.safetensors", e + 1))?;
-                self.save_vector(&v, VECTOR_FILE)?;
-                self.save_checkpoint(step, &v, &m1, &m2)?;
+                self.save_vector(&st.v, &format!("epoch-{}.safetensors", e + 1))?;
+                self.save_vector(&st.v, VECTOR_FILE)?;
+                self.save_checkpoint(&st)?;
                 saved_at = Some(step);
+            } else if self.checkpoint_every > 0 && step % self.checkpoint_every == 0 {
+                self.save_checkpoint(&st)?;
             }
         }
         if interrupted {
-            self.save_checkpoint(step, &v, &m1, &m2)?;
+            self.save_checkpoint(&st)?;
         }
         // The last epoch already wrote this state unless the run stopped in between
         // (or had nothing left to do on resume).
-        let vector = if saved_at == Some(step) {
-            SteeringVector::single(cfg.layer, v, self.meta.clone())
+        let vector = if saved_at == Some(st.step) {
+            SteeringVector::single(cfg.layer, st.v, self.meta.clone())
         } else {
-            self.save_vector(&v, VECTOR_FILE)?
+            self.save_vector(&st.v, VECTOR_FILE)?
         };
         Ok(Outcome {
             vector,
-            steps: step,
+            steps: st.step,
             interrupted,
         })
     }
 }
 
-/// Writes the run record (config, model and data identity) beside the output.
-pub fn write_run_record(out_dir: &Path, record: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let bytes = serde_json::to_vec_pretty(record).expect("record serialises");
-    crate::util::write_atomic(&out_dir.join(RUN_FILE), &bytes)
+/// The settings that differ between two configs, as "name: old -> new".
+fn config_diff(old: &TrainConfig, new: &TrainConfig) -> String {
+    let (a, b) = (
+        serde_json::to_value(old).expect("config serialises"),
+        serde_json::to_value(new).expect("config serialises"),
+    );
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return String::new();
+    };
+    a.iter()
+        .filter(|(k, v)| *k != "max_steps" && b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} -> {}",
+                b.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

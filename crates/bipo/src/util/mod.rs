@@ -1,0 +1,89 @@
+//! Small helpers shared across modules.
+
+pub mod fs;
+pub mod redact;
+
+pub use fs::write_atomic;
+
+use std::io::Read;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Buffer size for hashing large files.
+const HASH_CHUNK: usize = 1 << 20;
+
+/// Hex SHA-256 of a file's bytes (model identity in run records and vector metadata).
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Refuses non-finite values (NaN or infinity) in model outputs: they mean the
+/// activations overflowed (a steering vector far too strong, or corrupt weights), and
+/// every number computed from them would be garbage. `what` names the computation.
+pub fn check_finite(what: &str, xs: &[f32]) -> Result<()> {
+    match xs.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::NonFinite(format!(
+            "{what}: value {i} is {} (activations overflowed: is a steering multiplier or vector far too large?)",
+            xs[i]
+        ))),
+    }
+}
+
+/// A text file's content; a file that is not UTF-8 is refused naming the line and
+/// column of the first bad byte.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    text_of(path, bytes)
+}
+
+/// `bytes` as UTF-8 text, or an error naming `path` and where the first bad byte is.
+pub fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..at];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = at
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        Error::bad_file(
+            path,
+            format!(
+                "line {line}, column {col}: not UTF-8 text (byte 0x{:02x} at offset {at})",
+                e.as_bytes()[at]
+            ),
+        )
+    })
+}
+
+/// The f32 values of a contiguous CPU tensor inside a candle custom op; `op` names the
+/// op in the error.
+pub(crate) fn contiguous_f32<'a>(
+    op: &str,
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected f32 input")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: expected a contiguous input")
+    };
+    Ok(&v[a..b])
+}
