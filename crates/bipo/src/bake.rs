@@ -27,10 +27,15 @@ pub fn bake_gguf(input: &Path, vectors: &[(SteeringVector, f32)], output: &Path)
     let mut g = GgufFile::open(input)?;
     let arch = g.str("general.architecture")?.to_string();
     if !BAKEABLE.contains(&arch.as_str()) {
-        return Err(Error::UnsupportedArchitecture {
-            name: format!("{arch} (for baking; {})", input.display()),
-            supported: BAKEABLE.join(", "),
-        });
+        return Err(Error::bad_file(
+            input,
+            format!(
+                "cannot bake into architecture `{arch}`: llama.cpp's `{arch}` graph has no \
+                 per-block ffn_down bias, so a baked vector would be ignored (bakeable: {}); \
+                 pass the vector as a control vector instead (llama.cpp --control-vector-scaled)",
+                BAKEABLE.join(", ")
+            ),
+        ));
     }
     let hidden = g.size(&format!("{arch}.embedding_length"))?;
     let layers = g.size(&format!("{arch}.block_count"))?;

@@ -28,6 +28,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod load;
 pub mod models;
 pub mod run;

@@ -62,7 +62,7 @@ fn block_step(lm: &bipo::load::LoadedModel, layer: usize) -> Result<f64> {
     )?;
     let xs = m.final_norm(&xs.reshape((b * t, m.hidden_size()))?, Mode::Differentiable)?;
     let logits = m.lm_head(&xs, Mode::Differentiable)?;
-    let lp = bipo::train::ops::log_softmax_gather(&logits, &targets)?;
+    let lp = bipo::kernels::ops::log_softmax_gather(&logits, &targets)?;
     let _ = lp.sum_all()?.backward()?;
     Ok(start.elapsed().as_secs_f64())
 }

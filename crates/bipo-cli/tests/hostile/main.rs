@@ -11,9 +11,11 @@
 //! - `streams`: closed or full standard output, chat sessions that must survive a bad line.
 //! - `text`: non-UTF-8 and huge inputs, malformed data, prompt injection, messages.
 //! - `secrets`: keys passed by flag or environment never reach a file or a message.
+//! - `models`: unknown architectures, missing tensors, baking into the wrong family.
 
 #[path = "../common/mod.rs"]
 mod common;
+mod models;
 mod numbers;
 mod outputs;
 mod runs;

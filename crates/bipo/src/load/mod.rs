@@ -184,6 +184,7 @@ fn load_gguf(path: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel>
     let mut src = WeightSource::Gguf {
         file: g,
         rope_permuted,
+        sandwich: cfg.sandwich_norms,
     };
     let model = Model::build(cfg, &mut src, info, &opts.device, dtype)?;
     Ok(LoadedModel {

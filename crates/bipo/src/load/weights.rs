@@ -10,13 +10,16 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{unpermute_rope_rows, GgufFile};
 use crate::error::{Error, Result};
+use crate::kernels::qmatmul::QBlocks;
 use crate::models::layers::Weight;
-use crate::models::qmatmul::QBlocks;
 
 /// Maps a Hugging Face tensor name to llama.cpp's GGUF name.
 ///
-/// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// `model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`. With `sandwich`
+/// norms (Gemma) Hugging Face's `post_attention_layernorm` is the attention output's
+/// norm (`post_attention_norm`) and `pre_feedforward_layernorm` the MLP's input norm
+/// (`ffn_norm`); otherwise `post_attention_layernorm` is the MLP's input norm.
+pub fn gguf_name(hf: &str, sandwich: bool) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
         "model.norm.weight" => return Some("output_norm.weight".into()),
@@ -29,7 +32,14 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let (module, kind) = rest.rsplit_once('.')?;
     let gg = match module {
         "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" if sandwich => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "self_attn.qkv_proj" => "attn_qkv",
+        "mlp.gate_up_proj" => "ffn_up",
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
@@ -48,6 +58,8 @@ pub enum WeightSource {
         file: GgufFile,
         /// (query heads, kv heads) when Q/K rows are stored permuted (llama.cpp's llama arch).
         rope_permuted: Option<(usize, usize)>,
+        /// Gemma's extra norms change what the norm names mean (see [`gguf_name`]).
+        sandwich: bool,
     },
     Safetensors {
         tensors: MmapedSafetensors,
@@ -71,6 +83,11 @@ impl WeightSource {
         Ok(Self::Safetensors { tensors, files })
     }
 
+    /// Whether the weights come from a GGUF file (llama.cpp's conventions).
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, Self::Gguf { .. })
+    }
+
     fn describe(&self) -> PathBuf {
         match self {
             Self::Gguf { file, .. } => file.path().to_path_buf(),
@@ -85,8 +102,9 @@ impl WeightSource {
             Self::Gguf {
                 file,
                 rope_permuted,
+                sandwich,
             } => {
-                let Some(name) = gguf_name(hf_name) else {
+                let Some(name) = gguf_name(hf_name, *sandwich) else {
                     return Ok(None);
                 };
                 if !file.has_tensor(&name) {

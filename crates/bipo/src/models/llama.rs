@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::layers::DecoderConfig;
+use super::config::DecoderConfig;
 use super::Architecture;
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
@@ -26,18 +26,112 @@ pub struct Config {
     pub head_dim: Option<usize>,
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
+    pub rope_theta: Option<f64>,
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default)]
     pub attention_bias: bool,
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers >= 5 writes rope settings here: one object (`rope_type`,
+    /// `rope_theta`, scaling keys), or one per layer type (`full_attention`,
+    /// `sliding_attention`).
+    pub rope_parameters: Option<serde_json::Value>,
 }
 
-fn default_theta() -> f64 {
-    DEFAULT_ROPE_THETA
+/// Rotary settings however the config spells them.
+#[derive(Clone, Debug, Default)]
+pub struct RopeSpec {
+    pub theta: f64,
+    pub scaling: Option<RopeScaling>,
+    /// Base of the sliding-window layers when the config gives one per layer type.
+    pub local_theta: Option<f64>,
+    pub partial_rotary_factor: Option<f64>,
+}
+
+/// One rope-parameter object: its base and its scaling (None for "default").
+fn rope_object(v: &serde_json::Value) -> Result<(Option<f64>, Option<RopeScaling>)> {
+    let theta = v.get("rope_theta").and_then(|t| t.as_f64());
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    if kind == "default" {
+        return Ok((theta, None));
+    }
+    let s: RopeScaling = serde_json::from_value(v.clone())
+        .map_err(|e| Error::invalid("config.json rope_parameters", e.to_string()))?;
+    Ok((theta, Some(s)))
+}
+
+impl Config {
+    /// The rotary settings: old style (`rope_theta`, `rope_scaling`) or
+    /// `rope_parameters`, flat or per layer type.
+    pub fn rope(&self) -> Result<RopeSpec> {
+        let mut spec = RopeSpec {
+            theta: self.rope_theta.unwrap_or(DEFAULT_ROPE_THETA),
+            scaling: self
+                .rope_scaling
+                .clone()
+                .filter(|s| s.rope_type != "default"),
+            ..Default::default()
+        };
+        let Some(p) = &self.rope_parameters else {
+            return Ok(spec);
+        };
+        let per_layer = p.get("full_attention").is_some() || p.get("sliding_attention").is_some();
+        let global = if per_layer {
+            p.get("full_attention")
+        } else {
+            Some(p)
+        };
+        if let Some(g) = global {
+            let (theta, scaling) = rope_object(g)?;
+            spec.theta = theta.unwrap_or(spec.theta);
+            spec.scaling = scaling;
+            spec.partial_rotary_factor = g.get("partial_rotary_factor").and_then(|f| f.as_f64());
+        }
+        if let Some(l) = p.get("sliding_attention").filter(|_| per_layer) {
+            let (theta, scaling) = rope_object(l)?;
+            if let Some(s) = scaling {
+                return Err(Error::invalid(
+                    "config.json rope_parameters.sliding_attention",
+                    format!(
+                        "rope type `{}` for local layers is not supported",
+                        s.rope_type
+                    ),
+                ));
+            }
+            spec.local_theta = theta;
+        }
+        Ok(spec)
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Parses `config.json` into a family's `Config`, naming the file in errors.
+pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::invalid("config.json", e.to_string()))
+}
+
+/// Rope scaling from GGUF metadata (`{arch}.rope.scaling.type`, `.factor`): "linear" as
+/// constant divisors; None when absent or "none".
+pub fn gguf_rope_factors(g: &GgufFile, arch: &str, head_dim: usize) -> Result<Option<Vec<f32>>> {
+    match g.opt_str(&format!("{arch}.rope.scaling.type"))? {
+        None | Some("none") => Ok(None),
+        Some("linear") => {
+            let f = g.float(&format!("{arch}.rope.scaling.factor"))?;
+            Ok((f != 1.0).then(|| vec![f as f32; head_dim / 2]))
+        }
+        Some(other) => Err(Error::bad_file(
+            g.path(),
+            format!("rope scaling `{other}` is not supported (supported: linear)"),
+        )),
+    }
 }
 
 /// `rope_scaling` of Llama-3.1-style configs.
@@ -45,6 +139,7 @@ fn default_theta() -> f64 {
 pub struct RopeScaling {
     #[serde(alias = "type")]
     pub rope_type: String,
+    #[serde(default = "one")]
     pub factor: f64,
     pub low_freq_factor: Option<f64>,
     pub high_freq_factor: Option<f64>,
@@ -56,18 +151,14 @@ impl Config {
         let head_dim = self
             .head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads);
-        let rope_freq_factors = match &self.rope_scaling {
-            None => None,
-            Some(s) if s.rope_type == "llama3" => {
-                Some(llama3_freq_factors(s, head_dim, self.rope_theta)?)
-            }
-            Some(s) => {
-                return Err(Error::invalid(
-                    "config.json rope_scaling",
-                    format!("type `{}` is not supported (only `llama3`)", s.rope_type),
-                ))
-            }
-        };
+        let rope = self.rope()?;
+        if rope.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+            return Err(Error::invalid(
+                "config.json partial_rotary_factor",
+                "partial rotary embeddings are not supported",
+            ));
+        }
+        let rope_freq_factors = rope_factors(rope.scaling.as_ref(), head_dim, rope.theta)?;
         Ok(DecoderConfig {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -77,13 +168,36 @@ impl Config {
             head_dim,
             vocab_size: self.vocab_size,
             rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
+            rope_theta: rope.theta,
+            rope_local_theta: rope.local_theta,
             rope_freq_factors,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
             attention_bias: self.attention_bias,
-            sliding_window: None,
+            ..Default::default()
         })
+    }
+}
+
+/// Per-frequency divisors for a `rope_scaling` entry: "llama3" (Llama-3.1+), "linear"
+/// (every frequency divided by `factor`), or none ("default").
+pub fn rope_factors(
+    scaling: Option<&RopeScaling>,
+    head_dim: usize,
+    theta: f64,
+) -> Result<Option<Vec<f32>>> {
+    match scaling {
+        None => Ok(None),
+        Some(s) if s.rope_type == "default" => Ok(None),
+        Some(s) if s.rope_type == "llama3" => Ok(Some(llama3_freq_factors(s, head_dim, theta)?)),
+        Some(s) if s.rope_type == "linear" => Ok(Some(vec![s.factor as f32; head_dim / 2])),
+        Some(s) => Err(Error::invalid(
+            "config.json rope_scaling",
+            format!(
+                "type `{}` is not supported (supported: llama3, linear)",
+                s.rope_type
+            ),
+        )),
     }
 }
 
@@ -157,7 +271,9 @@ pub fn gguf_decoder_config(
         max_position_embeddings: g.size(&key("context_length"))?,
         tie_word_embeddings: !g.has_tensor("output.weight"),
         attention_bias,
-        sliding_window: None,
+        // llama.cpp applies no window for llama/qwen2 GGUFs whatever the metadata says;
+        // families that use one (Phi-3, Gemma) read `attention.sliding_window` themselves.
+        ..Default::default()
     })
 }
 

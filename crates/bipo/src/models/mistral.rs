@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::layers::DecoderConfig;
+use super::config::DecoderConfig;
 use super::{llama, Architecture};
 use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;

@@ -7,13 +7,18 @@
 //! A new family is one file (its `Config` mirroring `config.json`, GGUF metadata
 //! reading, a header doc listing its traits) plus one row in [`ARCHITECTURES`].
 
-pub mod attention_cpu;
+pub mod attention;
+pub mod config;
+pub mod gemma2;
+pub mod gemma3;
 pub mod layers;
 pub mod llama;
 pub mod mistral;
-pub mod qmatmul;
+pub mod phi3;
 pub mod qwen2;
+pub mod qwen3;
 pub mod random;
+pub mod rope;
 
 use std::ops::Range;
 
@@ -23,8 +28,11 @@ use crate::error::{Error, Result};
 use crate::load::gguf::GgufFile;
 use crate::load::weights::WeightSource;
 use crate::steer::Steering;
-use layers::{Attention, Block, Linear, Mlp, RmsNorm, Rope};
-pub use layers::{DecoderConfig, Mode, Weight};
+use attention::{Attention, Masks, StepCtx};
+pub use config::{Activation, DecoderConfig};
+use layers::{Block, Linear, Mlp, RmsNorm};
+pub use layers::{Mode, Weight};
+use rope::Rope;
 
 /// One supported model family.
 pub struct Architecture {
@@ -46,6 +54,10 @@ pub const ARCHITECTURES: &[Architecture] = &[
     llama::ARCHITECTURE,
     mistral::ARCHITECTURE,
     qwen2::ARCHITECTURE,
+    qwen3::ARCHITECTURE,
+    gemma2::ARCHITECTURE,
+    gemma3::ARCHITECTURE,
+    phi3::ARCHITECTURE,
 ];
 
 fn supported(names: impl Fn(&Architecture) -> &'static [&'static str]) -> String {
@@ -97,14 +109,14 @@ pub struct ModelInfo {
 
 /// Per-request attention cache: keys and values of every position seen so far.
 pub struct KvCache {
-    layers: Vec<layers::LayerCache>,
+    layers: Vec<attention::LayerCache>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(model: &Model) -> Self {
         let layers = (0..model.cfg.num_layers)
-            .map(|_| layers::LayerCache::default())
+            .map(|_| attention::LayerCache::default())
             .collect();
         Self { layers, len: 0 }
     }
@@ -134,8 +146,180 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    /// Rotary tables of the sliding-window layers when their base differs (Gemma-3).
+    local_rope: Option<Rope>,
     device: Device,
     dtype: DType,
+}
+
+/// Loads one layer's weights by Hugging Face name.
+struct LayerLoader<'a> {
+    src: &'a mut WeightSource,
+    cfg: &'a DecoderConfig,
+    device: &'a Device,
+    dtype: DType,
+}
+
+impl LayerLoader<'_> {
+    fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let w = self
+            .src
+            .require(&format!("{name}.weight"), &[out, inp], self.device)?;
+        let b = if bias {
+            Some(self.src.require_dense(
+                &format!("{name}.bias"),
+                &[out],
+                self.device,
+                self.dtype,
+            )?)
+        } else {
+            None
+        };
+        Linear::new(w, b, self.dtype)
+    }
+
+    /// A norm weight; Hugging Face Gemma weights are stored as `w` for a `1 + w` scale.
+    fn norm(&mut self, name: &str, width: usize) -> Result<RmsNorm> {
+        let w =
+            self.src
+                .require_dense(&format!("{name}.weight"), &[width], self.device, self.dtype)?;
+        let w = if self.cfg.hf_norm_plus_one && !self.src.is_gguf() {
+            (w + 1.0)?
+        } else {
+            w
+        };
+        Ok(RmsNorm::new(w, self.cfg.rms_norm_eps))
+    }
+
+    /// The q/k/v projections, from three weights or one fused `qkv_proj` (Phi-3).
+    fn qkv(&mut self, p: &str) -> Result<[Linear; 3]> {
+        let (h, hd, cfg) = (self.cfg.hidden_size, self.cfg.head_dim, self.cfg);
+        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let ab = cfg.attention_bias;
+        if !cfg.fused_projections {
+            return Ok([
+                self.linear(&format!("{p}.q_proj"), q_out, h, ab)?,
+                self.linear(&format!("{p}.k_proj"), kv_out, h, ab)?,
+                self.linear(&format!("{p}.v_proj"), kv_out, h, ab)?,
+            ]);
+        }
+        let name = format!("{p}.qkv_proj.weight");
+        let w = self
+            .src
+            .require(&name, &[q_out + 2 * kv_out, h], self.device)?;
+        Ok([
+            Linear::new(w.rows(0, q_out)?, None, self.dtype)?,
+            Linear::new(w.rows(q_out, kv_out)?, None, self.dtype)?,
+            Linear::new(w.rows(q_out + kv_out, kv_out)?, None, self.dtype)?,
+        ])
+    }
+
+    /// The gate and up projections, from two weights or one fused `gate_up_proj`.
+    fn gate_up(&mut self, p: &str) -> Result<[Linear; 2]> {
+        let (h, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        if !self.cfg.fused_projections {
+            return Ok([
+                self.linear(&format!("{p}.gate_proj"), i, h, false)?,
+                self.linear(&format!("{p}.up_proj"), i, h, false)?,
+            ]);
+        }
+        let w = self.src.require(
+            &format!("{p}.gate_up_proj.weight"),
+            &[2 * i, h],
+            self.device,
+        )?;
+        Ok([
+            Linear::new(w.rows(0, i)?, None, self.dtype)?,
+            Linear::new(w.rows(i, i)?, None, self.dtype)?,
+        ])
+    }
+
+    /// The down projection, with the optional bias `bipo bake` writes (it adds to the
+    /// block's output exactly like steering).
+    fn down(&mut self, p: &str) -> Result<Linear> {
+        let (h, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
+        let w = self
+            .src
+            .require(&format!("{p}.down_proj.weight"), &[h, i], self.device)?;
+        let b = match self.src.get(&format!("{p}.down_proj.bias"), self.device)? {
+            Some(b) if b.dims() == [h] => Some(b.to_dense(self.device, self.dtype)?),
+            Some(b) => {
+                return Err(Error::invalid(
+                    "model weights",
+                    format!(
+                        "{p}.down_proj.bias has shape {:?}, expected [{h}]",
+                        b.dims()
+                    ),
+                ))
+            }
+            None => None,
+        };
+        Linear::new(w, b, self.dtype)
+    }
+
+    fn block(&mut self, l: usize) -> Result<Block> {
+        let cfg = self.cfg;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let p = format!("model.layers.{l}");
+        let [q_proj, k_proj, v_proj] = self.qkv(&format!("{p}.self_attn"))?;
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (
+                Some(self.norm(&format!("{p}.self_attn.q_norm"), hd)?),
+                Some(self.norm(&format!("{p}.self_attn.k_norm"), hd)?),
+            )
+        } else {
+            (None, None)
+        };
+        let self_attn = Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj: self.linear(
+                &format!("{p}.self_attn.o_proj"),
+                h,
+                cfg.num_heads * hd,
+                false,
+            )?,
+            q_norm,
+            k_norm,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: hd,
+            scale: cfg.attn_scale(),
+            softcap: cfg.attn_logit_softcap,
+            window: cfg.layer_window(l),
+            local_rope: cfg.uses_local_rope(l),
+        };
+        let [gate_proj, up_proj] = self.gate_up(&format!("{p}.mlp"))?;
+        let mlp = Mlp {
+            gate_proj,
+            up_proj,
+            down_proj: self.down(&format!("{p}.mlp"))?,
+            activation: cfg.activation,
+        };
+        let input_layernorm = self.norm(&format!("{p}.input_layernorm"), h)?;
+        let (post_attention_norm, pre_mlp_norm, post_mlp_norm) = if cfg.sandwich_norms {
+            (
+                Some(self.norm(&format!("{p}.post_attention_layernorm"), h)?),
+                self.norm(&format!("{p}.pre_feedforward_layernorm"), h)?,
+                Some(self.norm(&format!("{p}.post_feedforward_layernorm"), h)?),
+            )
+        } else {
+            (
+                None,
+                self.norm(&format!("{p}.post_attention_layernorm"), h)?,
+                None,
+            )
+        };
+        Ok(Block {
+            input_layernorm,
+            self_attn,
+            post_attention_norm,
+            pre_mlp_norm,
+            mlp,
+            post_mlp_norm,
+        })
+    }
 }
 
 impl Model {
@@ -147,96 +331,53 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
-        let (q_out, kv_out) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        if !cfg.num_heads.is_multiple_of(cfg.num_kv_heads) || !hd.is_multiple_of(2) {
+        let h = cfg.hidden_size;
+        if cfg.num_kv_heads == 0
+            || !cfg.num_heads.is_multiple_of(cfg.num_kv_heads)
+            || !cfg.head_dim.is_multiple_of(2)
+        {
             return Err(Error::invalid(
                 "model config",
                 format!(
-                    "{} heads, {} kv heads, head dim {hd}: heads must divide evenly and head dim be even",
-                    cfg.num_heads, cfg.num_kv_heads
+                    "{} heads, {} kv heads, head dim {}: heads must divide evenly and head dim be even",
+                    cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
                 ),
             ));
         }
-        let linear = |src: &mut WeightSource, name: &str, out: usize, inp: usize, bias: bool| {
-            let w = src.require(&format!("{name}.weight"), &[out, inp], device)?;
-            let b = if bias {
-                Some(src.require_dense(&format!("{name}.bias"), &[out], device, dtype)?)
-            } else {
-                None
-            };
-            Linear::new(w, b, dtype)
+        let mut loader = LayerLoader {
+            src,
+            cfg: &cfg,
+            device,
+            dtype,
         };
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let ab = cfg.attention_bias;
-            let self_attn = Attention {
-                q_proj: linear(src, &format!("{p}.self_attn.q_proj"), q_out, h, ab)?,
-                k_proj: linear(src, &format!("{p}.self_attn.k_proj"), kv_out, h, ab)?,
-                v_proj: linear(src, &format!("{p}.self_attn.v_proj"), kv_out, h, ab)?,
-                o_proj: linear(src, &format!("{p}.self_attn.o_proj"), h, q_out, false)?,
-                num_heads: cfg.num_heads,
-                num_kv_heads: cfg.num_kv_heads,
-                head_dim: hd,
-            };
-            let mlp = Mlp {
-                gate_proj: linear(src, &format!("{p}.mlp.gate_proj"), i, h, false)?,
-                up_proj: linear(src, &format!("{p}.mlp.up_proj"), i, h, false)?,
-                down_proj: {
-                    // A down-projection bias is how a steering vector is baked into a
-                    // model (`bipo bake`): it adds to block l's output like steering.
-                    let w = src.require(&format!("{p}.mlp.down_proj.weight"), &[h, i], device)?;
-                    let b = match src.get(&format!("{p}.mlp.down_proj.bias"), device)? {
-                        Some(b) if b.dims() == [h] => Some(b.to_dense(device, dtype)?),
-                        Some(b) => {
-                            return Err(Error::invalid(
-                                "model weights",
-                                format!(
-                                    "{p}.mlp.down_proj.bias has shape {:?}, expected [{h}]",
-                                    b.dims()
-                                ),
-                            ))
-                        }
-                        None => None,
-                    };
-                    Linear::new(w, b, dtype)?
-                },
-            };
-            layers.push(Block {
-                input_layernorm: RmsNorm::new(
-                    src.require_dense(&format!("{p}.input_layernorm.weight"), &[h], device, dtype)?,
-                    cfg.rms_norm_eps,
-                ),
-                self_attn,
-                post_attention_layernorm: RmsNorm::new(
-                    src.require_dense(
-                        &format!("{p}.post_attention_layernorm.weight"),
-                        &[h],
-                        device,
-                        dtype,
-                    )?,
-                    cfg.rms_norm_eps,
-                ),
-                mlp,
-            });
-        }
+        let layers = (0..cfg.num_layers)
+            .map(|l| loader.block(l))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = loader.norm("model.norm", h)?;
         let embed_tokens =
             src.require("model.embed_tokens.weight", &[cfg.vocab_size, h], device)?;
         let embed_tokens = match embed_tokens {
             Weight::Dense(t) => Weight::Dense(t.to_dtype(dtype)?),
             q => q,
         };
-        // Tied embeddings when the file has no separate head (SmolLM2, small Qwen2).
+        // Tied embeddings when the file has no separate head (SmolLM2, small Qwen2, Gemma).
         let head = match src.get("lm_head.weight", device)? {
             Some(w) if !cfg.tie_word_embeddings || w.dims() == [cfg.vocab_size, h] => w,
             _ => embed_tokens.clone(),
         };
-        let norm = RmsNorm::new(
-            src.require_dense("model.norm.weight", &[h], device, dtype)?,
-            cfg.rms_norm_eps,
-        );
-        let rope = Rope::new(&cfg, dtype, device)?;
+        let n = cfg.max_position_embeddings;
+        let rope = Rope::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.rope_freq_factors.as_deref(),
+            n,
+            dtype,
+            device,
+        )?;
+        let local_rope = cfg
+            .rope_local_theta
+            .map(|theta| Rope::new(cfg.head_dim, theta, None, n, dtype, device))
+            .transpose()?;
         Ok(Self {
             info,
             lm_head: Linear::new(head, None, dtype)?,
@@ -244,6 +385,7 @@ impl Model {
             layers,
             norm,
             rope,
+            local_rope,
             cfg,
             device: device.clone(),
             dtype,
@@ -275,8 +417,21 @@ impl Model {
         self.rope.max_positions()
     }
 
-    /// Token embeddings. ids: (b, t) u32 -> (b, t, hidden)
+    /// Token embeddings (times sqrt(hidden) where the family scales them).
+    /// ids: (b, t) u32 -> (b, t, hidden)
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let xs = self.embed_unscaled(ids)?;
+        if !self.cfg.scale_embeddings {
+            return Ok(xs);
+        }
+        // As Hugging Face: the factor is rounded to the activation dtype first.
+        let s = Tensor::new(self.cfg.hidden_size as f32, &self.device)?
+            .sqrt()?
+            .to_dtype(self.dtype)?;
+        Ok(xs.broadcast_mul(&s)?)
+    }
+
+    fn embed_unscaled(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match &self.embed_tokens {
             Weight::Blocks(b) => {
                 let (bsz, s) = ids.dims2()?;
@@ -333,13 +488,14 @@ impl Model {
                 format!("{layers:?} exceeds {} layers", self.cfg.num_layers),
             ));
         }
-        let mask =
-            layers::attention_mask(t, pos, self.cfg.sliding_window, self.dtype, &self.device)?;
-        let ctx = layers::StepCtx {
+        let windows: Vec<Option<usize>> =
+            layers.clone().map(|l| self.cfg.layer_window(l)).collect();
+        let masks = Masks::causal(t, pos, &windows, self.dtype, &self.device)?;
+        let ctx = StepCtx {
             pos,
             rope: &self.rope,
-            mask: mask.as_ref(),
-            window: self.cfg.sliding_window,
+            local_rope: self.local_rope.as_ref(),
+            masks: &masks,
             positions: None,
             mode,
         };
@@ -370,11 +526,14 @@ impl Model {
                 format!("position {max} exceeds the model's {}", self.max_context()),
             ));
         }
-        let ctx = layers::StepCtx {
+        let windows: Vec<Option<usize>> =
+            layers.clone().map(|l| self.cfg.layer_window(l)).collect();
+        let masks = Masks::packed(mask, positions, &windows)?;
+        let ctx = StepCtx {
             pos: 0,
             rope: &self.rope,
-            mask: Some(mask),
-            window: None,
+            local_rope: self.local_rope.as_ref(),
+            masks: &masks,
             positions: Some(positions),
             mode: Mode::Differentiable,
         };
@@ -406,9 +565,14 @@ impl Model {
         self.norm.forward(xs, mode)
     }
 
-    /// Vocabulary logits as f32. xs: (..., hidden) normed -> (..., vocab)
+    /// Vocabulary logits as f32 (soft-capped where the family caps them).
+    /// xs: (..., hidden) normed -> (..., vocab)
     pub fn lm_head(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        Ok(self.lm_head.forward(xs, mode)?.to_dtype(DType::F32)?)
+        let logits = self.lm_head.forward(xs, mode)?.to_dtype(DType::F32)?;
+        match self.cfg.final_logit_softcap {
+            Some(cap) => Ok(((logits / cap)?.tanh()? * cap)?),
+            None => Ok(logits),
+        }
     }
 
     /// Full forward of ids (b, t) at positions pos..pos+t, returning logits (b, t, vocab)

@@ -7,10 +7,11 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::layers::{DecoderConfig, Weight};
-use super::qmatmul::QBlocks;
+use super::config::DecoderConfig;
+use super::layers::Weight;
 use super::{Model, ModelInfo};
 use crate::error::Result;
+use crate::kernels::qmatmul::QBlocks;
 use crate::load::weights::WeightSource;
 
 /// A 3-layer decoder with grouped-query attention, widths multiple of 32 so every
@@ -29,8 +30,7 @@ pub fn tiny_config() -> DecoderConfig {
         rope_freq_factors: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
-        attention_bias: false,
-        sliding_window: None,
+        ..Default::default()
     }
 }
 

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::ops;
 use crate::data::PreferencePair;
 use crate::error::{Error, Result};
+use crate::kernels::ops;
 use crate::models::{Mode, Model};
 use crate::steer::Steering;
 use crate::text::{ChatTemplate, Tokenizer};

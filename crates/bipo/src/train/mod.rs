@@ -2,8 +2,6 @@
 
 pub mod bipo;
 pub mod config;
-pub mod fused;
-pub mod ops;
 pub mod rundir;
 pub mod trainer;
 

@@ -120,6 +120,25 @@ impl QBlocks {
         (self.rows, self.cols)
     }
 
+    /// Rows `start..start + n` as their own matrix.
+    pub fn rows(&self, start: usize, n: usize) -> Self {
+        let nb = self.cols / BLOCK;
+        let qb = Self::quant_bytes(self.kind);
+        let blocks = start * nb..(start + n) * nb;
+        Self {
+            kind: self.kind,
+            rows: n,
+            cols: self.cols,
+            qs: self.qs[blocks.start * qb..blocks.end * qb].to_vec(),
+            d: self.d[blocks.clone()].to_vec(),
+            m: if self.m.is_empty() {
+                Vec::new()
+            } else {
+                self.m[blocks].to_vec()
+            },
+        }
+    }
+
     /// Row `r` as f32.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;

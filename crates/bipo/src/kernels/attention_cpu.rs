@@ -45,6 +45,22 @@ pub struct AttnShape<'a> {
     pub cos: &'a [f32],
     pub sin: &'a [f32],
     pub window: Option<usize>,
+    /// Score scale (1/sqrt(head_dim) unless the model says otherwise).
+    pub scale: f32,
+    /// Scores soft-capped as `cap * tanh(s / cap)` (Gemma-2).
+    pub softcap: Option<f32>,
+    /// Per-head RMSNorm (weight, eps) of queries and keys before rotation.
+    pub q_norm: Option<(&'a [f32], f32)>,
+    pub k_norm: Option<(&'a [f32], f32)>,
+}
+
+/// In-place RMSNorm of one head vector.
+fn head_norm(x: &mut [f32], norm: Option<(&[f32], f32)>) {
+    if let Some((w, eps)) = norm {
+        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        x.iter_mut().zip(w).for_each(|(v, w)| *v = *v * r * w);
+    }
 }
 
 /// f32 dot product in eight independent lanes so it vectorizes.
@@ -100,12 +116,14 @@ pub fn attention(
         for ti in 0..t {
             let p = pos + ti;
             let row = (bi * t + ti) * h * hd;
-            q[row..row + h * hd]
-                .chunks_exact_mut(hd)
-                .for_each(|x| rope(x, p, sh.cos, sh.sin));
+            q[row..row + h * hd].chunks_exact_mut(hd).for_each(|x| {
+                head_norm(x, sh.q_norm);
+                rope(x, p, sh.cos, sh.sin)
+            });
             let row = (bi * t + ti) * kvh * hd;
             for g in 0..kvh {
                 let kx = &mut k[row + g * hd..row + (g + 1) * hd];
+                head_norm(kx, sh.k_norm);
                 rope(kx, p, sh.cos, sh.sin);
                 cache.k[bi * kvh + g].extend_from_slice(kx);
                 let vx = &v[row + g * hd..row + (g + 1) * hd];
@@ -115,7 +133,7 @@ pub fn attention(
     }
     cache.len += t;
     let total = cache.len;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = sh.scale;
     let rep = h / kvh;
     let mut out = vec![0f32; b * t * h * hd];
     // Each task: one (batch, head) pair, all its queries.
@@ -136,7 +154,10 @@ pub fn attention(
             };
             for j in first..=qpos.min(total - 1) {
                 let kj = &kc[j * hd..(j + 1) * hd];
-                let score = dot(kj, qh) * scale;
+                let mut score = dot(kj, qh) * scale;
+                if let Some(cap) = sh.softcap {
+                    score = cap * (score / cap).tanh();
+                }
                 // Online softmax: rescale the running sum when a larger score arrives.
                 let (mut ms, mut vs) = (1f32, 1f32);
                 if score > m {

@@ -1,0 +1,9 @@
+//! CPU kernels: quantized matrix multiplication (llama.cpp block formats), fused
+//! attention for inference, and fused ops with hand-written backward passes for
+//! training. Each is checked against elementary candle ops. Models use these; nothing
+//! here knows about models.
+
+pub mod attention_cpu;
+pub mod fused;
+pub mod ops;
+pub mod qmatmul;
