@@ -58,10 +58,28 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     if let Some(n) = cli.threads {
-        // candle's matmul kernels and rayon pool both read this before first use.
+        // candle's own thread pool reads this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let result = match cli.command {
+    // The whole command runs on a worker of the rayon pool, so the many small parallel
+    // loops of a forward pass are shared by work stealing instead of each waking the
+    // pool from outside (a context switch per matrix product).
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = cli.threads {
+        pool = pool.num_threads(n);
+    }
+    let result = match pool.build() {
+        Ok(pool) => pool.install(|| run(cli.command)),
+        Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
@@ -77,10 +95,6 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Compare(a) => commands::compare::run(a),
         Command::SweepLayers(a) => commands::sweep::run(a),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
     }
 }
 

@@ -304,25 +304,78 @@ fn a_baked_model_generates_what_the_vector_does() {
         baked.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let run = |m: &str, extra: &[&str]| {
+    // Per generated token: (id, [(id, logprob)] top 5).
+    let run = |m: &str, prompt: &str, extra: &[&str]| -> Vec<(u64, Vec<(u64, f64)>)> {
         let mut a = vec![
             "generate",
             "-m",
             m,
             "-p",
-            "I feel",
+            prompt,
             "--max-tokens",
-            "16",
+            "12",
             "--ignore-eos",
+            "--logprobs",
+            "5",
         ];
         a.extend_from_slice(extra);
         let o = bipo(&a);
         assert!(o.status.success(), "{}", stderr(&o));
-        String::from_utf8(o.stdout).unwrap()
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let top = v["top"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+                    .collect();
+                (v["id"].as_u64().unwrap(), top)
+            })
+            .collect()
     };
-    let steered = run(&model(), &["--vector", &spec]);
-    assert_eq!(run(baked.to_str().unwrap(), &[]), steered);
-    assert_ne!(run(&model(), &[]), steered);
+    // The bias is added before the residual add, steering after it: the same sum in
+    // another order. With 8-bit activations a rounding difference can move a
+    // log-probability by a few hundredths, so: the first step's top-5 agree closely,
+    // and the tokens agree until the first near-tie (top-2 within 0.1).
+    let mut compared = 0;
+    for prompt in [
+        "I feel",
+        "The capital of France is",
+        "Once upon a time",
+        "My favourite food is",
+    ] {
+        let steered = run(&model(), prompt, &["--vector", &spec]);
+        let from_bake = run(baked.to_str().unwrap(), prompt, &[]);
+        let (a, b) = (&steered[0].1, &from_bake[0].1);
+        let shared: Vec<(f64, f64)> = a
+            .iter()
+            .filter_map(|(i, la)| b.iter().find(|(j, _)| j == i).map(|(_, lb)| (*la, *lb)))
+            .collect();
+        assert!(shared.len() >= 4, "{prompt}: {a:?} vs {b:?}");
+        assert!(
+            shared.iter().all(|(x, y)| (x - y).abs() < 0.1),
+            "{prompt}: {shared:?}"
+        );
+        for ((ta, top), (tb, _)) in steered.iter().zip(&from_bake) {
+            if top[0].1 - top[1].1 < 0.1 {
+                break;
+            }
+            assert_eq!(ta, tb, "{prompt}");
+            compared += 1;
+        }
+        assert_ne!(
+            run(&model(), prompt, &[])
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            steered.iter().map(|t| t.0).collect::<Vec<_>>(),
+            "{prompt}: the vector changes nothing"
+        );
+    }
+    assert!(compared >= 6, "only {compared} tokens before near-ties");
 }
 
 #[test]

@@ -6,4 +6,4 @@
 pub mod attention_cpu;
 pub mod fused;
 pub mod ops;
-pub mod qmatmul;
+pub mod quant;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{unpermute_rope_rows, GgufFile};
 use crate::error::{Error, Result};
-use crate::kernels::qmatmul::QBlocks;
+use crate::kernels::quant::QBlocks;
 use crate::models::layers::Weight;
 
 /// Maps a Hugging Face tensor name to llama.cpp's GGUF name.

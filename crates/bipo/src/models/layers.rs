@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::attention::{Attention, LayerCache, StepCtx};
 pub use super::config::{Activation, DecoderConfig};
 use crate::error::{Error, Result};
-use crate::kernels::qmatmul::{QBlocks, QBlocksMatMul};
+use crate::kernels::quant::{QBlocks, QBlocksMatMul};
 
 /// Which implementation of each op a forward pass uses (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -38,7 +38,7 @@ pub(crate) fn cpu_f32(xs: &Tensor) -> bool {
 /// A weight as loaded: kept quantized (GGUF) or dense (safetensors, F32/F16 GGUF tensors).
 #[derive(Clone, Debug)]
 pub enum Weight {
-    /// Q4_0/Q4_1/Q8_0, multiplied by bipo's own kernels ([`QBlocks`]).
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K: bipo's own kernels ([`QBlocks`]).
     Blocks(Arc<QBlocks>),
     /// Other quantization types, multiplied by candle's `QMatMul`.
     Quantized(Arc<QTensor>),

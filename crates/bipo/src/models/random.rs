@@ -11,7 +11,7 @@ use super::config::DecoderConfig;
 use super::layers::Weight;
 use super::{Model, ModelInfo};
 use crate::error::Result;
-use crate::kernels::qmatmul::QBlocks;
+use crate::kernels::quant::QBlocks;
 use crate::load::weights::WeightSource;
 
 /// A 3-layer decoder with grouped-query attention, widths multiple of 32 so every

@@ -1,0 +1,300 @@
+//! Weights repacked at load into tiles of 8 rows x one block, so that one 256-bit
+//! integer dot product computes 8 rows at once (lane r = row r): the layout a
+//! register-blocked kernel streams. Tiles hold exactly the bits of the ggml blocks
+//! (Q4_K/Q5_K unpack their 6-bit scales to bytes: +32 bytes per 2,048 values), so the
+//! memory read per token stays that of the GGUF file; [`unpack`] restores the ggml
+//! blocks bit for bit.
+//!
+//! Within a tile, a block's 32 values per row are spread over 4 "nibble vectors" of 32
+//! bytes: vector v, byte 4r + k holds row r's value 4v + k in its low nibble and value
+//! 16 + 4v + k in its high nibble. Fifth and sixth bits sit in bit masks (bit 4r + k
+//! of a u32) per vector: [lo4, hi4] (5-bit types) or [lo4, lo5, hi4, hi5] (Q6_K).
+//! Q8_0 uses 8 vectors of bytes (vector g, byte 4r + k = value 4g + k).
+//!
+//! | type | tile bytes | contents |
+//! | --- | --- | --- |
+//! | Q4_0 | 144 | d[8] f16, 4 nibble vectors |
+//! | Q4_1 | 160 | d[8], m[8] f16, 4 nibble vectors |
+//! | Q5_0 | 176 | d[8], 4 nibble vectors, 4 x [lo4, hi4] masks |
+//! | Q5_1 | 192 | d[8], m[8], nibbles, masks |
+//! | Q8_0 | 272 | d[8], 8 byte vectors |
+//! | Q4_K | 1184 | d[8], dmin[8] f16, scales[8 sub][8 rows], mins[8][8] u8, 8 x 4 nibble vectors |
+//! | Q5_K | 1440 | Q4_K's, then 8 x 4 x [lo4, hi4] masks |
+//! | Q6_K | 1680 | d[8] f16, scales[16 sub][8 rows] i8, 8 x 4 nibble vectors, 8 x 4 x [lo4, lo5, hi4, hi5] |
+
+use super::blocks::{k4_ints, q6k_ints, scale_min_k4, small_block_ints, QType};
+
+/// Rows per tile.
+pub const ROWS: usize = 8;
+
+/// Bytes of one tile (8 rows x one block).
+pub fn tile_bytes(t: QType) -> usize {
+    match t {
+        QType::Q4_0 => 144,
+        QType::Q4_1 => 160,
+        QType::Q5_0 => 176,
+        QType::Q5_1 => 192,
+        QType::Q8_0 => 272,
+        QType::Q4K => 1184,
+        QType::Q5K => 1440,
+        QType::Q6K => 1680,
+    }
+}
+
+/// Offsets inside a small-block tile: (nibbles, masks).
+fn small_offsets(t: QType) -> (usize, usize) {
+    match t {
+        QType::Q4_0 | QType::Q5_0 => (16, 144),
+        _ => (32, 160),
+    }
+}
+
+/// Writes 32 values per row (low 4 bits, then bit 4 and 5 into masks) of 8 rows.
+/// `vals[r][j]`; `masks`: 0 (none), 2 ([lo4, hi4]) or 4 ([lo4, lo5, hi4, hi5]) per vector.
+fn put_nibbles(vals: &[[i32; 32]; ROWS], qs: &mut [u8], masks: &mut [u8], per_vec: usize) {
+    for v in 0..4 {
+        let mut bits = [0u32; 4];
+        for (r, row) in vals.iter().enumerate() {
+            for k in 0..4 {
+                let p = 4 * r + k;
+                let (lo, hi) = (row[4 * v + k], row[16 + 4 * v + k]);
+                qs[32 * v + p] = ((lo & 0xF) | ((hi & 0xF) << 4)) as u8;
+                let bit = |x: i32, b: i32| ((x >> b) & 1) as u32;
+                match per_vec {
+                    2 => {
+                        bits[0] |= bit(lo, 4) << p;
+                        bits[1] |= bit(hi, 4) << p;
+                    }
+                    4 => {
+                        bits[0] |= bit(lo, 4) << p;
+                        bits[1] |= bit(lo, 5) << p;
+                        bits[2] |= bit(hi, 4) << p;
+                        bits[3] |= bit(hi, 5) << p;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (i, b) in bits.iter().take(per_vec).enumerate() {
+            let at = 4 * (per_vec * v + i);
+            masks[at..at + 4].copy_from_slice(&b.to_le_bytes());
+        }
+    }
+}
+
+/// Reads back what [`put_nibbles`] wrote.
+fn get_nibbles(qs: &[u8], masks: &[u8], per_vec: usize, r: usize) -> [i32; 32] {
+    let mut out = [0i32; 32];
+    for v in 0..4 {
+        let bit = |i: usize, p: usize| -> i32 {
+            let at = 4 * (per_vec * v + i);
+            let m = u32::from_le_bytes([masks[at], masks[at + 1], masks[at + 2], masks[at + 3]]);
+            ((m >> p) & 1) as i32
+        };
+        for k in 0..4 {
+            let p = 4 * r + k;
+            let byte = qs[32 * v + p];
+            let (mut lo, mut hi) = ((byte & 0xF) as i32, (byte >> 4) as i32);
+            match per_vec {
+                2 => {
+                    lo |= bit(0, p) << 4;
+                    hi |= bit(1, p) << 4;
+                }
+                4 => {
+                    lo |= (bit(0, p) << 4) | (bit(1, p) << 5);
+                    hi |= (bit(2, p) << 4) | (bit(3, p) << 5);
+                }
+                _ => {}
+            }
+            out[4 * v + k] = lo;
+            out[16 + 4 * v + k] = hi;
+        }
+    }
+    out
+}
+
+/// Packs one tile from the same block of 8 rows (`rows[r]`: that row's ggml block;
+/// missing rows are all-zero blocks).
+pub fn pack(t: QType, rows: &[&[u8]; ROWS], out: &mut [u8]) {
+    let f16_pair = |b: &[u8], i: usize| [b[i], b[i + 1]];
+    match t {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
+            let (q_at, m_at) = small_offsets(t);
+            let mut vals = [[0i32; 32]; ROWS];
+            for r in 0..ROWS {
+                out[2 * r..2 * r + 2].copy_from_slice(&f16_pair(rows[r], 0));
+                if matches!(t, QType::Q4_1 | QType::Q5_1) {
+                    out[16 + 2 * r..18 + 2 * r].copy_from_slice(&f16_pair(rows[r], 2));
+                }
+                small_block_ints(t, rows[r], &mut vals[r]);
+            }
+            let per_vec = if matches!(t, QType::Q5_0 | QType::Q5_1) {
+                2
+            } else {
+                0
+            };
+            let (qs, masks) = out.split_at_mut(m_at);
+            put_nibbles(&vals, &mut qs[q_at..], masks, per_vec);
+        }
+        QType::Q8_0 => {
+            for r in 0..ROWS {
+                out[2 * r..2 * r + 2].copy_from_slice(&f16_pair(rows[r], 0));
+                for g in 0..8 {
+                    for k in 0..4 {
+                        out[16 + 32 * g + 4 * r + k] = rows[r][2 + 4 * g + k];
+                    }
+                }
+            }
+        }
+        QType::Q4K | QType::Q5K => {
+            let mut vals = [[0i32; 256]; ROWS];
+            for r in 0..ROWS {
+                out[2 * r..2 * r + 2].copy_from_slice(&f16_pair(rows[r], 0));
+                out[16 + 2 * r..18 + 2 * r].copy_from_slice(&f16_pair(rows[r], 2));
+                for j in 0..8 {
+                    let (sc, m) = scale_min_k4(j, &rows[r][4..16]);
+                    out[32 + 8 * j + r] = sc;
+                    out[96 + 8 * j + r] = m;
+                }
+                k4_ints(t, rows[r], &mut vals[r]);
+            }
+            let per_vec = if t == QType::Q5K { 2 } else { 0 };
+            let (qs, masks) = out.split_at_mut(1184);
+            for j in 0..8 {
+                let sub: [[i32; 32]; ROWS] =
+                    std::array::from_fn(|r| std::array::from_fn(|l| vals[r][32 * j + l]));
+                let m = if per_vec > 0 {
+                    &mut masks[32 * j..32 * j + 32]
+                } else {
+                    &mut [][..]
+                };
+                put_nibbles(&sub, &mut qs[160 + 128 * j..], m, per_vec);
+            }
+        }
+        QType::Q6K => {
+            let mut vals = [[0i32; 256]; ROWS];
+            for r in 0..ROWS {
+                out[2 * r..2 * r + 2].copy_from_slice(&f16_pair(rows[r], 208));
+                for j in 0..16 {
+                    out[16 + 8 * j + r] = rows[r][192 + j];
+                }
+                q6k_ints(rows[r], &mut vals[r]);
+                vals[r].iter_mut().for_each(|v| *v += 32);
+            }
+            let (qs, masks) = out.split_at_mut(144 + 1024);
+            for g in 0..8 {
+                let sub: [[i32; 32]; ROWS] =
+                    std::array::from_fn(|r| std::array::from_fn(|l| vals[r][32 * g + l]));
+                put_nibbles(
+                    &sub,
+                    &mut qs[144 + 128 * g..],
+                    &mut masks[64 * g..64 * g + 64],
+                    4,
+                );
+            }
+        }
+    }
+}
+
+/// The ggml block of row `r` (0..8) of a tile, bit for bit as in the file.
+pub fn unpack(t: QType, tile: &[u8], r: usize, out: &mut [u8]) {
+    let put16 =
+        |o: &mut [u8], i: usize, from: usize| o[i..i + 2].copy_from_slice(&tile[from..from + 2]);
+    match t {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
+            let (q_at, m_at) = small_offsets(t);
+            let per_vec = if matches!(t, QType::Q5_0 | QType::Q5_1) {
+                2
+            } else {
+                0
+            };
+            let vals = get_nibbles(&tile[q_at..], &tile[m_at..], per_vec, r);
+            put16(out, 0, 2 * r);
+            let mut at = 2;
+            if matches!(t, QType::Q4_1 | QType::Q5_1) {
+                put16(out, 2, 16 + 2 * r);
+                at = 4;
+            }
+            if per_vec > 0 {
+                let qh: u32 = (0..32).map(|j| (((vals[j] >> 4) & 1) as u32) << j).sum();
+                out[at..at + 4].copy_from_slice(&qh.to_le_bytes());
+                at += 4;
+            }
+            for j in 0..16 {
+                out[at + j] = ((vals[j] & 0xF) | ((vals[j + 16] & 0xF) << 4)) as u8;
+            }
+        }
+        QType::Q8_0 => {
+            put16(out, 0, 2 * r);
+            for g in 0..8 {
+                for k in 0..4 {
+                    out[2 + 4 * g + k] = tile[16 + 32 * g + 4 * r + k];
+                }
+            }
+        }
+        QType::Q4K | QType::Q5K => {
+            put16(out, 0, 2 * r);
+            put16(out, 2, 16 + 2 * r);
+            let (sc, mn): (Vec<u8>, Vec<u8>) = (0..8)
+                .map(|j| (tile[32 + 8 * j + r], tile[96 + 8 * j + r]))
+                .unzip();
+            // ggml's 12-byte packing of eight 6-bit scales and mins.
+            let s = &mut out[4..16];
+            for j in 0..4 {
+                s[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+                s[j + 4] = (mn[j] & 63) | ((mn[j + 4] >> 4) << 6);
+                s[j + 8] = (sc[j + 4] & 0xF) | ((mn[j + 4] & 0xF) << 4);
+            }
+            let per_vec = if t == QType::Q5K { 2 } else { 0 };
+            let mut vals = [0i32; 256];
+            for j in 0..8 {
+                let m = if per_vec > 0 {
+                    &tile[1184 + 32 * j..]
+                } else {
+                    &[][..]
+                };
+                let sub = get_nibbles(&tile[160 + 128 * j..], m, per_vec, r);
+                vals[32 * j..32 * j + 32].copy_from_slice(&sub);
+            }
+            let ql_at = if t == QType::Q5K { 48 } else { 16 };
+            if t == QType::Q5K {
+                out[16..48].iter_mut().for_each(|b| *b = 0);
+            }
+            for c in 0..4 {
+                for l in 0..32 {
+                    let (a, b) = (vals[64 * c + l], vals[64 * c + 32 + l]);
+                    out[ql_at + 32 * c + l] = ((a & 0xF) | ((b & 0xF) << 4)) as u8;
+                    if t == QType::Q5K {
+                        out[16 + l] |=
+                            ((((a >> 4) & 1) << (2 * c)) | (((b >> 4) & 1) << (2 * c + 1))) as u8;
+                    }
+                }
+            }
+        }
+        QType::Q6K => {
+            put16(out, 208, 2 * r);
+            for j in 0..16 {
+                out[192 + j] = tile[16 + 8 * j + r];
+            }
+            let mut vals = [0i32; 256];
+            for g in 0..8 {
+                let sub = get_nibbles(&tile[144 + 128 * g..], &tile[1168 + 64 * g..], 4, r);
+                vals[32 * g..32 * g + 32].copy_from_slice(&sub);
+            }
+            let (ql, qh) = out[..192].split_at_mut(128);
+            qh.iter_mut().for_each(|b| *b = 0);
+            for n in 0..2 {
+                let v = &vals[128 * n..];
+                for l in 0..32 {
+                    let q = [v[l], v[l + 32], v[l + 64], v[l + 96]];
+                    ql[64 * n + l] = ((q[0] & 0xF) | ((q[2] & 0xF) << 4)) as u8;
+                    ql[64 * n + l + 32] = ((q[1] & 0xF) | ((q[3] & 0xF) << 4)) as u8;
+                    qh[32 * n + l] = ((q[0] >> 4)
+                        | ((q[1] >> 4) << 2)
+                        | ((q[2] >> 4) << 4)
+                        | ((q[3] >> 4) << 6)) as u8;
+                }
+            }
+        }
+    }
+}
