@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// Compute dtype for safetensors models: f32, bf16 or f16.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
+    /// Training through quantized weights: `stored` multiplies them as stored (no f32
+    /// copy of the model); `f32` dequantizes a full copy first (the reference path).
+    #[arg(long, value_name = "stored|f32", default_value = "stored")]
+    pub train_dtype: String,
 }
 
 impl ModelArgs {
@@ -38,8 +42,14 @@ impl ModelArgs {
             "f16" => DType::F16,
             other => bail!("invalid --dtype `{other}` (choose f32, bf16 or f16)"),
         };
+        let train_weights = match self.train_dtype.as_str() {
+            "stored" => bipo::models::TrainWeights::Stored,
+            "f32" => bipo::models::TrainWeights::F32,
+            other => bail!("invalid --train-dtype `{other}` (choose stored or f32)"),
+        };
         let opts = LoadOptions {
             dtype: Some(dtype),
+            train_weights,
             ..Default::default()
         };
         bipo::load::load(&self.model, &opts)

@@ -154,3 +154,55 @@ fn cached_training_loss_and_gradient_equal_the_plain_full_forward_on_the_default
         eprintln!("d={d}: loss {l1} vs {l2}, gradient relative difference {grel:.2e}");
     }
 }
+
+/// Loss and gradient of a batch of the project's optimism pairs on the default model.
+fn default_model_loss(train: bipo::models::TrainWeights) -> (f32, Vec<f32>) {
+    let path = common::default_model();
+    let opts = bipo::load::LoadOptions {
+        train_weights: train,
+        ..Default::default()
+    };
+    let lm = bipo::load::load(path.to_str().unwrap(), &opts).unwrap();
+    let data = bipo::data::load_pairs(&common::root().join("data/optimism/train.csv")).unwrap();
+    let template = lm.chat_template.clone().unwrap();
+    let ex = bipo::train::bipo::tokenize(&data.pairs[..4], &lm.tokenizer, &template, None).unwrap();
+    let p = Prepared::new(&lm.model, 24, ex, ALL, |_, _| {}).unwrap();
+    let v0: Vec<f32> = (0..lm.model.hidden_size())
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
+        .collect();
+    let var = Var::from_tensor(&Tensor::new(v0.as_slice(), lm.model.device()).unwrap()).unwrap();
+    let out = p.loss(&[0, 1, 2, 3], var.as_tensor(), 1.0, 0.1).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    let g = out
+        .loss
+        .backward()
+        .unwrap()
+        .get(&var)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    (loss, g)
+}
+
+#[test]
+fn training_on_stored_quantized_weights_equals_the_f32_copy() {
+    use bipo::models::TrainWeights;
+    let (l_q, g_q) = default_model_loss(TrainWeights::Stored);
+    let (l_f, g_f) = default_model_loss(TrainWeights::F32);
+    // The same weights (dequantized exactly); only the order of f32 additions differs.
+    assert!(
+        (l_q - l_f).abs() <= 1e-5 * l_f.abs().max(1.0),
+        "loss {l_q} vs {l_f}"
+    );
+    let scale = g_f.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = g_q
+        .iter()
+        .zip(&g_f)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("loss stored {l_q} f32 {l_f}; gradient max |diff| {worst:e} of max |g| {scale:e}");
+    assert!(
+        scale > 0.0 && worst <= 1e-4 * scale,
+        "gradient: worst {worst} of scale {scale}"
+    );
+}

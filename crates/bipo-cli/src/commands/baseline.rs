@@ -163,6 +163,7 @@ pub fn run(a: Args) -> Result<()> {
         let model = ModelArgs {
             model: model.clone(),
             dtype: "f32".into(),
+            train_dtype: "stored".into(),
         };
         if a.layers.is_empty() {
             bail!("give at least one --layer");

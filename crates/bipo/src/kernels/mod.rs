@@ -6,4 +6,5 @@
 pub mod attention_cpu;
 pub mod fused;
 pub mod ops;
+pub mod panels;
 pub mod quant;

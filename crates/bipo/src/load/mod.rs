@@ -23,6 +23,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Compute dtype; None = f32 (GGUF weights stay quantized for inference regardless).
     pub dtype: Option<DType>,
+    /// How training uses quantized weights.
+    pub train_weights: crate::models::TrainWeights,
 }
 
 impl Default for LoadOptions {
@@ -30,6 +32,7 @@ impl Default for LoadOptions {
         Self {
             device: Device::Cpu,
             dtype: None,
+            train_weights: Default::default(),
         }
     }
 }
@@ -117,14 +120,16 @@ pub fn model_sha256(lm: &LoadedModel) -> Result<Option<String>> {
 
 /// Loads the model named by `spec` (GGUF file, Hugging Face folder, or Hub id).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
-    match ModelSource::parse(spec)? {
-        ModelSource::GgufFile(p) => load_gguf(&p, spec, opts),
-        ModelSource::HfFolder(p) => load_hf_folder(&p, spec, opts),
+    let mut lm = match ModelSource::parse(spec)? {
+        ModelSource::GgufFile(p) => load_gguf(&p, spec, opts)?,
+        ModelSource::HfFolder(p) => load_hf_folder(&p, spec, opts)?,
         ModelSource::HubId(id) => {
             let folder = hub::resolve(&id)?;
-            load_hf_folder(&folder, spec, opts)
+            load_hf_folder(&folder, spec, opts)?
         }
-    }
+    };
+    lm.model.set_train_weights(opts.train_weights);
+    Ok(lm)
 }
 
 fn load_gguf(path: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {

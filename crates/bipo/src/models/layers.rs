@@ -96,15 +96,28 @@ impl Weight {
     }
 }
 
+/// How the differentiable (training) path uses quantized weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainWeights {
+    /// As stored: panels dequantized on the fly, no f32 copy of the model.
+    #[default]
+    Stored,
+    /// A full f32 copy made on first use (the reference path, for checking).
+    F32,
+}
+
 /// `y = x W^T (+ b)`.
 #[derive(Debug)]
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
     dtype: DType,
-    /// Dequantized weight for the differentiable path, made on first use so that pure
+    /// Dequantized weight for the differentiable path ([`TrainWeights::F32`], or on
+    /// devices and dtypes without the panel kernels), made on first use so that
     /// inference never pays its memory.
     dense: OnceLock<Tensor>,
+    pub(crate) train: TrainWeights,
 }
 
 impl Linear {
@@ -119,6 +132,7 @@ impl Linear {
             bias,
             dtype,
             dense: OnceLock::new(),
+            train: TrainWeights::Stored,
         })
     }
 
@@ -141,6 +155,11 @@ impl Linear {
                 xs.contiguous()?.apply_op1_no_bwd(&QBlocksMatMul(b))?
             }
             (Weight::Quantized(q), Mode::Fast) => xs.contiguous()?.apply_op1_no_bwd(q.as_ref())?,
+            (Weight::Blocks(b), Mode::Differentiable)
+                if self.train == TrainWeights::Stored && cpu_f32(xs) =>
+            {
+                crate::kernels::panels::quant_linear(xs, b)?
+            }
             (_, Mode::Differentiable) if xs.device().is_cpu() && self.dtype == DType::F32 => {
                 crate::kernels::ops::frozen_linear(xs, self.dense_weight()?)?
             }

@@ -31,7 +31,7 @@ use crate::steer::Steering;
 use attention::{Attention, Masks, StepCtx};
 pub use config::{Activation, DecoderConfig};
 use layers::{Block, Linear, Mlp, RmsNorm};
-pub use layers::{Mode, Weight};
+pub use layers::{Mode, TrainWeights, Weight};
 use rope::Rope;
 
 /// One supported model family.
@@ -390,6 +390,24 @@ impl Model {
             device: device.clone(),
             dtype,
         })
+    }
+
+    /// How training uses quantized weights (see [`TrainWeights`]).
+    pub fn set_train_weights(&mut self, w: TrainWeights) {
+        for b in &mut self.layers {
+            let a = &mut b.self_attn;
+            for l in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
+                l.train = w;
+            }
+            for l in [
+                &mut b.mlp.gate_proj,
+                &mut b.mlp.up_proj,
+                &mut b.mlp.down_proj,
+            ] {
+                l.train = w;
+            }
+        }
+        self.lm_head.train = w;
     }
 
     pub fn config(&self) -> &DecoderConfig {

@@ -177,12 +177,48 @@ impl QBlocks {
         }
     }
 
+    /// Rows `r0..r0 + n` as f32 into `out` (n x cols, row-major), tile by tile.
+    pub fn dequantize_rows(&self, r0: usize, n: usize, out: &mut [f32]) {
+        let (bv, tb) = (self.qtype.block_values(), tiles::tile_bytes(self.qtype));
+        let cols = self.cols;
+        let mut r = r0;
+        while r < r0 + n {
+            let g = r / tiles::ROWS;
+            let first = r % tiles::ROWS;
+            let take = (tiles::ROWS - first).min(r0 + n - r);
+            let group = self.group(g);
+            if first == 0 {
+                let o = &mut out[(r - r0) * cols..];
+                for (b, tile) in group.chunks_exact(tb).enumerate() {
+                    #[cfg(target_arch = "x86_64")]
+                    if take == tiles::ROWS && kernels() != Kernels::Scalar {
+                        // SAFETY: AVX2, FMA and F16C are present (kernels() checked).
+                        unsafe { x86::dequantize_tile(self.qtype, tile, &mut o[b * bv..], cols) };
+                        continue;
+                    }
+                    tiles::dequantize(self.qtype, tile, take, &mut o[b * bv..], cols);
+                }
+            } else {
+                // A range starting inside a tile group: dequantize the group, copy rows.
+                let mut tmp = vec![0f32; tiles::ROWS * cols];
+                for (b, tile) in group.chunks_exact(tb).enumerate() {
+                    tiles::dequantize(self.qtype, tile, tiles::ROWS, &mut tmp[b * bv..], cols);
+                }
+                out[(r - r0) * cols..(r - r0 + take) * cols]
+                    .copy_from_slice(&tmp[first * cols..(first + take) * cols]);
+            }
+            r += take;
+        }
+    }
+
     /// The whole matrix as f32, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, row)| self.dequantize_row(r, row));
+        let span = tiles::ROWS * self.cols;
+        out.par_chunks_mut(span).enumerate().for_each(|(g, o)| {
+            let n = o.len() / self.cols;
+            self.dequantize_rows(g * tiles::ROWS, n, o)
+        });
         out
     }
 

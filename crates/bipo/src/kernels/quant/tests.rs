@@ -61,6 +61,27 @@ fn dequantization_equals_candles_bit_for_bit() {
 }
 
 #[test]
+fn tile_dequantization_equals_candles_for_any_row_range() {
+    for t in TYPES {
+        let q = weight(t, 19, 512, 9);
+        let theirs: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w = QBlocks::from_qtensor(&q).unwrap().unwrap();
+        assert_eq!(w.dequantize(), theirs, "{t:?}");
+        for (r0, n) in [(0, 19), (3, 7), (8, 11), (17, 2)] {
+            let mut out = vec![0f32; n * 512];
+            w.dequantize_rows(r0, n, &mut out);
+            assert_eq!(out, theirs[r0 * 512..(r0 + n) * 512], "{t:?} rows {r0}+{n}");
+        }
+    }
+}
+
+#[test]
 fn simd_kernels_equal_the_scalar_definition_for_every_tile_shape() {
     let sets = available();
     assert!(

@@ -298,3 +298,86 @@ pub fn unpack(t: QType, tile: &[u8], r: usize, out: &mut [u8]) {
         }
     }
 }
+
+/// Dequantizes one tile into the first `rows` rows of `out` (row r at r * stride),
+/// values exactly as ggml's dequantization computes them.
+pub fn dequantize(t: QType, tile: &[u8], rows: usize, out: &mut [f32], stride: usize) {
+    let h = |i: usize| half::f16::from_le_bytes([tile[i], tile[i + 1]]).to_f32();
+    // Integer values of one 32-value block of row r from nibble vectors + masks.
+    let ints = |q_at: usize, m_at: usize, per_vec: usize, r: usize| -> [i32; 32] {
+        let masks = if per_vec > 0 { &tile[m_at..] } else { &[][..] };
+        get_nibbles(&tile[q_at..], masks, per_vec, r)
+    };
+    match t {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
+            let (q_at, m_at) = small_offsets(t);
+            let per_vec = if matches!(t, QType::Q5_0 | QType::Q5_1) {
+                2
+            } else {
+                0
+            };
+            for r in 0..rows {
+                let q = ints(q_at, m_at, per_vec, r);
+                let d = h(2 * r);
+                let o = &mut out[r * stride..r * stride + 32];
+                match t {
+                    QType::Q4_0 => o
+                        .iter_mut()
+                        .zip(q)
+                        .for_each(|(o, q)| *o = (q - 8) as f32 * d),
+                    QType::Q5_0 => o
+                        .iter_mut()
+                        .zip(q)
+                        .for_each(|(o, q)| *o = (q - 16) as f32 * d),
+                    _ => {
+                        let m = h(16 + 2 * r);
+                        o.iter_mut().zip(q).for_each(|(o, q)| *o = q as f32 * d + m)
+                    }
+                }
+            }
+        }
+        QType::Q8_0 => {
+            for r in 0..rows {
+                let d = h(2 * r);
+                for g in 0..8 {
+                    for k in 0..4 {
+                        out[r * stride + 4 * g + k] =
+                            tile[16 + 32 * g + 4 * r + k] as i8 as f32 * d;
+                    }
+                }
+            }
+        }
+        QType::Q4K | QType::Q5K => {
+            let per_vec = if t == QType::Q5K { 2 } else { 0 };
+            for r in 0..rows {
+                let (d, dmin) = (h(2 * r), h(16 + 2 * r));
+                for j in 0..8 {
+                    let q = ints(160 + 128 * j, 1184 + 32 * j, per_vec, r);
+                    let d1 = d * tile[32 + 8 * j + r] as f32;
+                    let m1 = dmin * tile[96 + 8 * j + r] as f32;
+                    let o = &mut out[r * stride + 32 * j..r * stride + 32 * j + 32];
+                    o.iter_mut()
+                        .zip(q)
+                        .for_each(|(o, q)| *o = d1 * q as f32 - m1);
+                }
+            }
+        }
+        QType::Q6K => {
+            for r in 0..rows {
+                let d = h(2 * r);
+                for g in 0..8 {
+                    let q = ints(144 + 128 * g, 1168 + 64 * g, 4, r);
+                    let (sl, sh) = (
+                        tile[16 + 16 * g + r] as i8 as f32,
+                        tile[24 + 16 * g + r] as i8 as f32,
+                    );
+                    let o = &mut out[r * stride + 32 * g..r * stride + 32 * g + 32];
+                    for (l, (o, q)) in o.iter_mut().zip(q).enumerate() {
+                        let sc = if l < 16 { sl } else { sh };
+                        *o = d * sc * (q - 32) as f32;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -312,3 +312,137 @@ unsafe fn q6k<I: Isa, const T: usize>(tiles: &[u8], a: &Acts, t0: usize) -> [__m
     }
     out
 }
+
+/// Writes 8 rows x 32 values from unpacked bytes `buf` (vector v at 32v: lanes of 4
+/// values 4v.. per row; "high" vectors at 128 + 32v: values 16 + 4v..) as
+/// `(q - zero) * scale (+ offset)`, scales per row (lo: values 0..15, hi: 16..31).
+#[inline(always)]
+unsafe fn emit(
+    buf: &[u8; 256],
+    signed: bool,
+    zero: i32,
+    scale: (__m256, __m256),
+    offset: Option<__m256>,
+    out: *mut f32,
+    stride: usize,
+) {
+    for p in 0..4i32 {
+        let idx = _mm256_setr_epi32(
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+        );
+        let (sl, sh) = (
+            _mm256_permutevar8x32_ps(scale.0, idx),
+            _mm256_permutevar8x32_ps(scale.1, idx),
+        );
+        let o2 = offset.map(|o| _mm256_permutevar8x32_ps(o, idx));
+        let r0 = out.add(2 * p as usize * stride);
+        let r1 = r0.add(stride);
+        for v in 0..4 {
+            for (half, s2, col) in [(0, sl, 4 * v), (128, sh, 16 + 4 * v)] {
+                let b = _mm_loadl_epi64(
+                    buf.as_ptr().add(half + 32 * v + 8 * p as usize) as *const __m128i
+                );
+                let q = if signed {
+                    _mm256_cvtepi8_epi32(b)
+                } else {
+                    _mm256_cvtepu8_epi32(b)
+                };
+                let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(zero)));
+                let mut x = _mm256_mul_ps(f, s2);
+                if let Some(o) = o2 {
+                    x = _mm256_add_ps(x, o);
+                }
+                _mm_storeu_ps(r0.add(col), _mm256_castps256_ps128(x));
+                _mm_storeu_ps(r1.add(col), _mm256_extractf128_ps(x, 1));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn spill(lo: &[__m256i; 4], hi: &[__m256i; 4]) -> [u8; 256] {
+    let mut buf = [0u8; 256];
+    for v in 0..4 {
+        _mm256_storeu_si256(buf.as_mut_ptr().add(32 * v) as *mut __m256i, lo[v]);
+        _mm256_storeu_si256(buf.as_mut_ptr().add(128 + 32 * v) as *mut __m256i, hi[v]);
+    }
+    buf
+}
+
+/// Dequantizes a full tile (8 rows x one block) into `out` (row r at r * stride),
+/// with the same f32 operations as ggml's dequantization (so bit for bit).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_tile(t: QType, tile: &[u8], out: &mut [f32], stride: usize) {
+    let p = tile.as_ptr();
+    let o = out.as_mut_ptr();
+    match t {
+        QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {
+            let (q_at, m_at, per_vec, zero) = match t {
+                QType::Q4_0 => (16, 144, 0, 8),
+                QType::Q5_0 => (16, 144, 2, 16),
+                QType::Q4_1 => (32, 160, 0, 0),
+                _ => (32, 160, 2, 0),
+            };
+            let (lo, hi) = unpack::<Avx2>(p.add(q_at), p.add(m_at), per_vec);
+            let d = halves(p);
+            let m = matches!(t, QType::Q4_1 | QType::Q5_1).then(|| halves(p.add(16)));
+            emit(&spill(&lo, &hi), false, zero, (d, d), m, o, stride);
+        }
+        QType::Q8_0 => {
+            let d = halves(p);
+            let mut buf = [0u8; 256];
+            // Vector g holds values 4g..4g+3 per row: g < 4 are "low", g >= 4 "high".
+            for g in 0..8 {
+                let at = if g < 4 { 32 * g } else { 128 + 32 * (g - 4) };
+                buf[at..at + 32].copy_from_slice(&tile[16 + 32 * g..48 + 32 * g]);
+            }
+            emit(&buf, true, 0, (d, d), None, o, stride);
+        }
+        QType::Q4K | QType::Q5K => {
+            let (d, dmin) = (halves(p), halves(p.add(16)));
+            for j in 0..8 {
+                let (lo, hi) = unpack::<Avx2>(
+                    p.add(160 + 128 * j),
+                    p.add(1184 + 32 * j),
+                    if t == QType::Q5K { 2 } else { 0 },
+                );
+                let d1 = _mm256_mul_ps(d, bytes_f32(p.add(32 + 8 * j), false));
+                let m1 = _mm256_mul_ps(dmin, bytes_f32(p.add(96 + 8 * j), false));
+                let neg = _mm256_sub_ps(_mm256_setzero_ps(), m1);
+                emit(
+                    &spill(&lo, &hi),
+                    false,
+                    0,
+                    (d1, d1),
+                    Some(neg),
+                    o.add(32 * j),
+                    stride,
+                );
+            }
+        }
+        QType::Q6K => {
+            let d = halves(p);
+            for g in 0..8 {
+                let (lo, hi) = unpack::<Avx2>(p.add(144 + 128 * g), p.add(1168 + 64 * g), 4);
+                let sl = _mm256_mul_ps(d, bytes_f32(p.add(16 + 16 * g), true));
+                let sh = _mm256_mul_ps(d, bytes_f32(p.add(24 + 16 * g), true));
+                emit(
+                    &spill(&lo, &hi),
+                    false,
+                    32,
+                    (sl, sh),
+                    None,
+                    o.add(32 * g),
+                    stride,
+                );
+            }
+        }
+    }
+}

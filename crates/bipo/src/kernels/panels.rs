@@ -1,0 +1,284 @@
+//! Training through quantized weights without an f32 copy of the model: `x W^T` and
+//! its input gradient `dy W` computed panel by panel, each panel of rows dequantized
+//! into a small thread-local buffer (exactly ggml's values) and multiplied with the
+//! f32 GEMM. The result equals the product with the fully dequantized weight up to the
+//! order of f32 additions, and no weight gradient is ever formed (the weights are
+//! frozen).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::quant::QBlocks;
+use crate::error::Result;
+use crate::util::contiguous_f32;
+
+/// Rows per dequantized panel: a multiple of the 8-row tiles, large enough for GEMM to
+/// run at speed, small enough (x the width) to stay in cache.
+const PANEL_ROWS: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: tasks write disjoint columns (forward) or their own buffers (backward).
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+impl Ptr {
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// out (rows m, cols n, row stride dst_rs) = lhs (m x k, row-major) times the transpose
+/// of rhs (n x k, row-major).
+///
+/// # Safety
+/// The pointers must cover the given shapes and strides; dst must not alias lhs/rhs.
+unsafe fn gemm_nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    rhs: *const f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        1,
+        k as isize,
+        rhs,
+        k as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// out (m x k) += lhs (m x n, row stride lhs_rs) times rhs (n x k, row-major).
+///
+/// # Safety
+/// As [`gemm_nt`].
+unsafe fn gemm_nn(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+) {
+    gemm::gemm(
+        m,
+        k,
+        n,
+        dst,
+        1,
+        k as isize,
+        true,
+        lhs,
+        1,
+        lhs_rs as isize,
+        rhs,
+        1,
+        k as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// y = x W^T for x (m, k) f32, W quantized (n, k): (m, n).
+pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize) -> Vec<f32> {
+    let (n, k) = w.dims();
+    let mut y = vec![0f32; m * n];
+    let out = Ptr(y.as_mut_ptr());
+    (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
+        || vec![0f32; PANEL_ROWS * k],
+        |panel, p| {
+            let r0 = p * PANEL_ROWS;
+            let rows = PANEL_ROWS.min(n - r0);
+            w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
+            // SAFETY: x is m*k, the panel rows*k, and this task owns y's columns
+            // r0..r0+rows (row stride n).
+            unsafe { gemm_nt(m, rows, k, out.at(r0), n, x.as_ptr(), panel.as_ptr()) }
+        },
+    );
+    y
+}
+
+/// dx = dy W for dy (m, n) f32, W quantized (n, k): (m, k).
+pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize) -> Vec<f32> {
+    let (n, k) = w.dims();
+    let panels = n.div_ceil(PANEL_ROWS);
+    let tasks = rayon::current_num_threads().clamp(1, panels);
+    let parts: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let mut dx = vec![0f32; m * k];
+            let mut panel = vec![0f32; PANEL_ROWS * k];
+            for p in (t..panels).step_by(tasks) {
+                let r0 = p * PANEL_ROWS;
+                let rows = PANEL_ROWS.min(n - r0);
+                w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
+                // SAFETY: dy's columns r0..r0+rows (row stride n) times the panel
+                // (rows x k) into this task's own dx (m x k).
+                unsafe {
+                    gemm_nn(
+                        m,
+                        rows,
+                        k,
+                        dx.as_mut_ptr(),
+                        dy.as_ptr().add(r0),
+                        n,
+                        panel.as_ptr(),
+                    )
+                }
+            }
+            dx
+        })
+        .collect();
+    let mut it = parts.into_iter();
+    let mut dx = it.next().unwrap_or_else(|| vec![0f32; m * k]);
+    for p in it {
+        dx.par_iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    dx
+}
+
+/// `x W^T` on a quantized weight; backward gives only the input gradient.
+struct QuantLinear(Arc<QBlocks>);
+
+/// The gradient op: `g W` (itself differentiable, for completeness of the graph).
+struct QuantLinearT(Arc<QBlocks>);
+
+impl CustomOp1 for QuantLinear {
+    fn name(&self) -> &'static str {
+        "quant-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s, l)?;
+        let (m, k) = l.shape().dims2()?;
+        let (n, wk) = self.0.dims();
+        if wk != k {
+            candle_core::bail!("quant-linear: input width {k} != weight columns {wk}");
+        }
+        Ok((
+            CpuStorage::F32(matmul_t(&self.0, x, m)),
+            Shape::from((m, n)),
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?.apply_op1(QuantLinearT(self.0.clone()))?,
+        ))
+    }
+}
+
+impl CustomOp1 for QuantLinearT {
+    fn name(&self) -> &'static str {
+        "quant-linear-t"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(self.name(), s, l)?;
+        let (m, n) = l.shape().dims2()?;
+        let (wn, k) = self.0.dims();
+        if wn != n {
+            candle_core::bail!("quant-linear-t: gradient width {n} != weight rows {wn}");
+        }
+        Ok((
+            CpuStorage::F32(matmul_n(&self.0, g, m)),
+            Shape::from((m, k)),
+        ))
+    }
+
+    fn bwd(&self, _g: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?.apply_op1(QuantLinear(self.0.clone()))?,
+        ))
+    }
+}
+
+/// `x W^T` over the last dimension of x for a quantized weight, differentiable in x.
+pub fn quant_linear(x: &Tensor, w: &Arc<QBlocks>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().expect("rank >= 1");
+    let m = x.elem_count() / k;
+    let y = x
+        .reshape((m, k))?
+        .contiguous()?
+        .apply_op1(QuantLinear(w.clone()))?;
+    let mut out = dims;
+    *out.last_mut().expect("rank >= 1") = w.dims().0;
+    Ok(y.reshape(out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn panels_equal_the_dequantized_product_and_its_input_gradient() {
+        let dev = Device::Cpu;
+        for t in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            // 70 rows: a panel and a partial one, a partial tile group.
+            let w = Tensor::randn(0f32, 1.0, (70, 512), &dev).unwrap();
+            let q = QTensor::quantize(&w, t).unwrap();
+            let dense = q.dequantize(&dev).unwrap();
+            let qb = Arc::new(QBlocks::from_qtensor(&q).unwrap().unwrap());
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 512), &dev).unwrap()).unwrap();
+            let ours = quant_linear(x.as_tensor(), &qb).unwrap();
+            let want = x.as_tensor().broadcast_matmul(&dense.t().unwrap()).unwrap();
+            let d = (&ours - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-3, "{t:?} forward {d}");
+            // Gradient of sum(y * c) w.r.t. x equals c W.
+            let c = Tensor::randn(0f32, 1.0, (2, 3, 70), &dev).unwrap();
+            let g = (ours * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = g.get(&x).unwrap();
+            let want = c.broadcast_matmul(&dense).unwrap();
+            let d = (gx - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-3, "{t:?} gradient {d}");
+        }
+    }
+}
