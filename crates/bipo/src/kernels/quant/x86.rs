@@ -64,6 +64,15 @@ impl Isa for Vnni {
     }
 }
 
+/// Asks for `lines` cache lines from `p` ahead of use (weights stream from memory once
+/// per token in decode, so their loads are what waits).
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, lines: usize) {
+    for l in 0..lines {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
+    }
+}
+
 #[inline(always)]
 unsafe fn ld(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
@@ -186,6 +195,7 @@ unsafe fn small<I: Isa, const T: usize, const K: u8>(
     let mut corr = [_mm256_setzero_ps(); T];
     for b in 0..tiles.len() / tb {
         let p = tiles.as_ptr().add(b * tb);
+        prefetch(p.wrapping_add(2 * tb), tb.div_ceil(64));
         let d = halves(p);
         let off = match K {
             0 => _mm256_mul_ps(d, _mm256_set1_ps(-8.0)),
@@ -214,6 +224,7 @@ unsafe fn q8_0<I: Isa, const T: usize>(tiles: &[u8], a: &Acts, t0: usize) -> [__
     let bias = _mm256_set1_epi8(-128);
     for b in 0..tiles.len() / 272 {
         let p = tiles.as_ptr().add(b * 272);
+        prefetch(p.wrapping_add(2 * 272), 5);
         let d = halves(p);
         let w: [__m256i; 8] = std::array::from_fn(|g| ld(p.add(16 + 32 * g)));
         let u: [__m256i; 8] = if I::BIASED_Q8 {
@@ -260,6 +271,8 @@ unsafe fn k4<I: Isa, const T: usize, const H: bool>(
         let p = tiles.as_ptr().add(sb * tb);
         let (d, dmin) = (halves(p), halves(p.add(16)));
         for j in 0..8 {
+            // Three lines of the next tile per sub-block: all of it by the end.
+            prefetch(p.wrapping_add(tb + 192 * j), 3);
             let sc = _mm256_mul_ps(d, bytes_f32(p.add(32 + 8 * j), false));
             let mn = _mm256_mul_ps(dmin, bytes_f32(p.add(96 + 8 * j), false));
             let (lo, hi) = unpack::<I>(
@@ -292,6 +305,7 @@ unsafe fn q6k<I: Isa, const T: usize>(tiles: &[u8], a: &Acts, t0: usize) -> [__m
         let p = tiles.as_ptr().add(sb * 1680);
         let d = halves(p);
         for g in 0..8 {
+            prefetch(p.wrapping_add(1680 + 256 * g), 4);
             let sl = _mm256_mul_ps(d, bytes_f32(p.add(16 + 16 * g), true));
             let sh = _mm256_mul_ps(d, bytes_f32(p.add(24 + 16 * g), true));
             let (zl, zh) = (_mm256_mul_ps(sl, c32), _mm256_mul_ps(sh, c32));

@@ -1,0 +1,46 @@
+//! Quantized matmul throughput per weight type, decode (1 token) and prompt (128
+//! tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run --release --example
+//! kbench` (RAYON_NUM_THREADS sets the threads; BIPO_KERNELS=avx2|scalar forces a
+//! slower kernel set).
+
+use bipo::kernels::quant::{Acts, QBlocks};
+use candle_core::quantized::{GgmlDType, QTensor};
+
+fn main() {
+    let shapes = [
+        (GgmlDType::Q4K, 8960usize, 1536usize),
+        (GgmlDType::Q6K, 1536, 8960),
+        (GgmlDType::Q5_0, 4864, 896),
+        (GgmlDType::Q8_0, 896, 4864),
+        (GgmlDType::Q4_1, 1536, 576),
+    ];
+    println!(
+        "kernels: {:?}, threads: {}",
+        bipo::kernels::quant::kernels(),
+        rayon::current_num_threads()
+    );
+    for (t, n, k) in shapes {
+        let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = QBlocks::from_qtensor(&QTensor::quantize(&w, t).unwrap())
+            .unwrap()
+            .unwrap();
+        for m in [1usize, 128] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let a = Acts::new(&x, k, q.qtype().act_kind());
+            let reps = if m == 1 { 200 } else { 10 };
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    std::hint::black_box(q.matmul_quantized(&a, m));
+                }
+                best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
+            }
+            println!(
+                "{t:?} {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
+                best * 1e3,
+                (m * n * k) as f64 / best / 1e9
+            );
+        }
+    }
+}
