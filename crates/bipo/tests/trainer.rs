@@ -230,3 +230,39 @@ fn held_out_loss_falls_for_both_directions() {
         assert!(dir.path().join(format!("epoch-{e}.safetensors")).is_file());
     }
 }
+
+/// The vector a fixed BiPO run on the tiny model reaches, committed before the training
+/// code was restructured (objectives, activation engine): any later version must reach
+/// it. Bit for bit on the machine that wrote it; the bound leaves room only for a CPU
+/// whose GEMM blocks the sums differently (rounding, ~1e-7 relative), not for any change
+/// of the algorithm (one step of lr 0.01 moves entries by ~1e-2). `BIPO_WRITE_FIXTURES=1`
+/// rewrites the file (only on purpose).
+#[test]
+fn bipo_reaches_the_committed_vector() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bipo-tiny-run.safetensors");
+    let m = random_model(tiny_config(), 36, None).unwrap();
+    let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = open(dir.path(), Start::Fresh);
+    let got = trainer(&p, &out)
+        .run(false, &AtomicBool::new(false), |_| {})
+        .unwrap()
+        .vector;
+    if std::env::var_os("BIPO_WRITE_FIXTURES").is_some() {
+        bipo::io::safetensors::write(&got, &fixture).unwrap();
+    }
+    let want = bipo::io::read_vector(&fixture).unwrap();
+    assert_eq!(
+        got.layers.keys().collect::<Vec<_>>(),
+        want.layers.keys().collect::<Vec<_>>()
+    );
+    let (g, w) = (&got.layers[&1], &want.layers[&1]);
+    let scale = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+    assert!(scale > 1e-3, "the committed run moved the vector");
+    let diff = g.iter().zip(w).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        diff <= 1e-5 * scale,
+        "max |got - committed| = {diff} (scale {scale})"
+    );
+}

@@ -273,3 +273,33 @@ fn fuzz_regressions_are_clear_errors() {
     }
     assert!(n >= 1, "no regression inputs in {}", dir.display());
 }
+
+#[test]
+fn a_written_vector_is_the_same_bytes_every_time_and_reads_with_the_safetensors_crate() {
+    let d = tempfile::tempdir().unwrap();
+    let mut v = bipo::SteeringVector::single(3, vec![0.5, -1.25, 3.0], Default::default());
+    v.layers.insert(11, vec![1.0, 2.0, -0.0]);
+    let bytes = st::to_bytes(&v);
+    // Same vector, same bytes (the metadata map is not written in hash order).
+    for _ in 0..8 {
+        assert_eq!(st::to_bytes(&v.clone()), bytes);
+    }
+    let f = d.path().join("v.safetensors");
+    st::write(&v, &f).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    // The header is 8-byte aligned and the reference reader agrees on every tensor.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(n % 8, 0);
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().as_ref().unwrap();
+    assert_eq!(meta[st::FORMAT_KEY], st::FORMAT);
+    assert!(meta.contains_key(st::META_KEY));
+    for (l, want) in &v.layers {
+        let t = parsed.tensor(&format!("layer.{l}")).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        assert_eq!(t.shape(), [want.len()]);
+        assert_eq!(t.data(), f32s(want));
+    }
+    assert_eq!(st::read(&f).unwrap().layers, v.layers);
+}

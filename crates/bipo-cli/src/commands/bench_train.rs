@@ -86,7 +86,11 @@ pub fn run(a: Args) -> Result<()> {
     let time = |plain: bool| -> Result<f64> {
         let mut ts = Vec::new();
         for s in 0..a.steps {
-            let batch = &order[s * a.batch_size..(s + 1) * a.batch_size];
+            // Steps past the data wrap around to its start.
+            let batch: Vec<usize> = (0..a.batch_size.min(n))
+                .map(|k| order[(s * a.batch_size + k) % n])
+                .collect();
+            let batch = batch.as_slice();
             let var = Var::from_tensor(&Tensor::new(v0.as_slice(), lm.model.device())?)?;
             let d = step_direction(0, s);
             let t = Instant::now();

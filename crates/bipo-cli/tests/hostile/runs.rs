@@ -112,7 +112,7 @@ fn two_runs_into_one_folder_at_once_one_wins_and_the_log_stays_whole() {
     let out = d.path().join("run");
     let args = train_args(&m, s(&data), s(&out));
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_bipo"))
+        Command::new(exe())
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -242,7 +242,7 @@ fn kill_9_at_random_points_then_resume_equals_an_uninterrupted_run() {
     let run = |resume: bool| {
         let mut args = train_args(&m, s(&data), s(&out));
         args.push(if resume { "--resume" } else { "--force" });
-        Command::new(env!("CARGO_BIN_EXE_bipo"))
+        Command::new(exe())
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

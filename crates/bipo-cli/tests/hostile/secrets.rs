@@ -117,7 +117,7 @@ fn a_judge_key_from_the_environment_is_in_no_output_file() {
     let (url, seen) = judge(200);
     let out = d.path().join("ev");
     let m = model();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_bipo"))
+    let o = std::process::Command::new(exe())
         .args(eval_args(&m, s(&v), s(&data), s(&out), &url))
         .env("OPENAI_API_KEY", KEY)
         .output()

@@ -9,7 +9,7 @@ fn a_closed_pipe_ends_quietly() {
     let d = tempfile::tempdir().unwrap();
     let v = happy(d.path());
     // `bipo vector info FILE | head -1`: the reader is gone after one line.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bipo"))
+    let mut child = Command::new(exe())
         .args(["vector", "info", s(&v)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -23,7 +23,7 @@ fn a_closed_pipe_ends_quietly() {
 
 #[test]
 fn a_closed_pipe_during_generation_ends_quietly() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bipo"))
+    let mut child = Command::new(exe())
         .args([
             "generate",
             "-m",
@@ -50,7 +50,7 @@ fn to_dev_full(args: &[&str]) -> std::process::Output {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bipo"))
+    Command::new(exe())
         .args(args)
         .stdout(full)
         .stderr(Stdio::piped())

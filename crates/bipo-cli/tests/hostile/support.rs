@@ -7,9 +7,15 @@ use sha2::{Digest, Sha256};
 
 pub use crate::common::{model, root};
 
+/// The binary under test: this build's, or `BIPO_TEST_BIN` (to replay the catalogue
+/// against another build, e.g. an older one, and count what it gets wrong).
+pub fn exe() -> String {
+    std::env::var("BIPO_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bipo").to_string())
+}
+
 /// Runs `bipo` with `args`.
 pub fn bipo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bipo"))
+    Command::new(exe())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -19,7 +25,7 @@ pub fn bipo(args: &[&str]) -> Output {
 /// Runs `bipo` with `args` and `input` on standard input.
 pub fn bipo_stdin(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bipo"))
+    let mut c = Command::new(exe())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -106,7 +106,7 @@ fn non_utf8_ab_questions_are_refused() {
 
 #[test]
 fn a_non_utf8_prompt_argument_is_refused() {
-    let o = Command::new(env!("CARGO_BIN_EXE_bipo"))
+    let o = Command::new(exe())
         .args(["generate", "-m", &model(), "-p"])
         .arg(std::ffi::OsStr::from_bytes(b"hi \xff"))
         .output()

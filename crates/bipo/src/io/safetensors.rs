@@ -2,10 +2,10 @@
 //! layer (N = 0-based block whose output is steered) and the [`VectorMeta`] as JSON in
 //! the header's `__metadata__` under `bipo.meta`. Loads without the model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
 use crate::error::{Error, Result};
 use crate::vector::{SteeringVector, VectorMeta};
@@ -16,40 +16,49 @@ pub const META_KEY: &str = "bipo.meta";
 pub const FORMAT_KEY: &str = "bipo.format";
 pub const FORMAT: &str = "bipo-steering-vector/1";
 
-/// Writes `v` to `path` atomically (temporary file, then rename).
+/// Writes `v` to `path` atomically (temporary file, then rename). The bytes depend
+/// only on the vector: metadata keys and tensors are written in sorted order (the
+/// `safetensors` crate writes its metadata map in hash order, so two saves of one
+/// vector could differ).
 pub fn write(v: &SteeringVector, path: &Path) -> Result<()> {
     v.validate()?;
-    let bytes: Vec<(String, Vec<u8>, usize)> = v
-        .layers
-        .iter()
-        .map(|(l, d)| {
-            (
-                format!("layer.{l}"),
-                d.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                d.len(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = bytes
-        .iter()
-        .map(|(n, b, len)| {
-            Ok((
-                n.clone(),
-                TensorView::new(Dtype::F32, vec![*len], b)
-                    .map_err(|e| Error::invalid("vector", e.to_string()))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let meta = HashMap::from([
-        (FORMAT_KEY.to_string(), FORMAT.to_string()),
-        (
-            META_KEY.to_string(),
-            serde_json::to_string(&v.meta).expect("metadata serialises"),
-        ),
-    ]);
-    let data = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::invalid("vector", e.to_string()))?;
-    crate::util::write_atomic(path, &data)
+    crate::util::write_atomic(path, &to_bytes(v))
+}
+
+/// The safetensors bytes of `v`: 8-byte little-endian header length, the JSON header
+/// (padded with spaces to a multiple of 8, as the format's writers do), then the F32
+/// data of each layer in ascending layer order.
+pub fn to_bytes(v: &SteeringVector) -> Vec<u8> {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let meta = serde_json::to_string(&v.meta).expect("metadata serialises");
+    // Keys in sorted order: "bipo.format" < "bipo.meta".
+    let mut header = format!(
+        "{{\"__metadata__\":{{{}:{},{}:{}}}",
+        q(FORMAT_KEY),
+        q(FORMAT),
+        q(META_KEY),
+        q(&meta)
+    );
+    let mut offset = 0usize;
+    for (l, d) in &v.layers {
+        let end = offset + d.len() * 4;
+        header += &format!(
+            ",\"layer.{l}\":{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
+            d.len()
+        );
+        offset = end;
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for d in v.layers.values() {
+        out.extend(d.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    out
 }
 
 /// Reads a vector written by [`write`] (or any safetensors file of 1-D F32 tensors
