@@ -23,8 +23,22 @@ pub fn positive(s: &str) -> std::result::Result<usize, String> {
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
     /// GGUF file, Hugging Face model folder, or Hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct).
-    #[arg(long, short = 'm', value_name = "FILE|FOLDER|HUB-ID")]
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "FILE|FOLDER|HUB-ID",
+        env = "BIPO_MODEL"
+    )]
     pub model: String,
+    /// Device: cpu, cuda, cuda:N, metal or metal:N (the GPU backends need a build with
+    /// `--features cuda` or `metal`).
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        default_value = "cpu",
+        env = "BIPO_DEVICE"
+    )]
+    pub device: String,
     /// Compute dtype for safetensors models: f32, bf16 or f16.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
@@ -48,9 +62,9 @@ impl ModelArgs {
             other => bail!("invalid --train-dtype `{other}` (choose stored or f32)"),
         };
         let opts = LoadOptions {
+            device: bipo::load::parse_device(&self.device)?,
             dtype: Some(dtype),
             train_weights,
-            ..Default::default()
         };
         bipo::load::load(&self.model, &opts)
             .with_context(|| format!("loading model {}", self.model))

@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod out;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -12,8 +13,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "bipo", version, about, long_about = None)]
 struct Cli {
-    /// Worker threads for matrix work (default: all cores; also RAYON_NUM_THREADS).
-    #[arg(long, global = true, value_name = "N", value_parser = args::positive)]
+    /// Worker threads for matrix work (default: all cores; also BIPO_THREADS or
+    /// RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N", value_parser = args::positive, env = "BIPO_THREADS")]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,

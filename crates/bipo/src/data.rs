@@ -254,6 +254,9 @@ fn parse_json(
                 )
             } else if r.get("positive").is_some() {
                 let (p, n) = (need("positive")?, need("negative")?);
+                if let Some(why) = shared_suffix_problem(&p, &n) {
+                    return Err(bad(path, where_.clone(), why));
+                }
                 let (q, a, b) = split_common_prefix(&p, &n).ok_or_else(|| {
                     bad(
                         path,
@@ -308,6 +311,36 @@ fn parse_json(
         pairs.push(pair);
     }
     Ok((pairs, format))
+}
+
+/// Why a `{positive, negative}` record whose texts share more at their end than at
+/// their start cannot be split as prompt + two responses: then the texts differ inside
+/// the prompt (repeng-style persona pairs: "Act as if you are happy. <shared text>") and
+/// a prefix split would train on a "response" that holds the persona and the shared text.
+fn shared_suffix_problem(a: &str, b: &str) -> Option<String> {
+    let prefix = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let suffix = a
+        .bytes()
+        .rev()
+        .zip(b.bytes().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+        .min(a.len().min(b.len()) - prefix);
+    let mut start = a.len() - suffix;
+    while !a.is_char_boundary(start) {
+        start += 1; // a byte match that ends inside a character
+    }
+    let shared_end = a[start..].trim();
+    if shared_end.contains(char::is_whitespace) && suffix > prefix {
+        Some(format!(
+            "`positive` and `negative` share their last {suffix} characters but only their \
+             first {prefix}: they differ inside the prompt (persona pairs with a shared \
+             continuation?), which cannot be split into one prompt and two responses; give \
+             {{\"question\", \"matching\", \"not_matching\"}} records instead"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Splits two texts at their longest common prefix, moved back to the last whitespace
@@ -416,6 +449,17 @@ mod tests {
                 pair.not_matching.as_str()
             ),
             ("I am so", "happy today", "sad today")
+        );
+        // Persona pairs that share a long ending differ inside the prompt: refused,
+        // naming the record (they used to split into "responses" holding the persona).
+        let (_d, p) = write(
+            "persona.jsonl",
+            "{\"positive\":\"[INST] Act as if you are happy. [/INST] I went for a walk in the park today.\",\"negative\":\"[INST] Act as if you are sad. [/INST] I went for a walk in the park today.\"}\n",
+        );
+        let e = load_pairs(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("persona.jsonl") && e.contains("differ inside the prompt"),
+            "{e}"
         );
     }
 

@@ -24,7 +24,7 @@ fn config() -> TrainConfig {
         layer: 1,
         epochs: 3,
         batch_size: 3,
-        warmup_steps: 2,
+        warmup_steps: Some(2),
         lr: 0.05,
         ..Default::default()
     }

@@ -7,6 +7,7 @@ use bipo::baselines::{self, PairDiffs, ReadAt};
 use bipo::eval::ab;
 use bipo::load::LoadedModel;
 use bipo::text::ChatTemplate;
+use bipo::util::layers::LayerSpec;
 use bipo::{SteeringVector, VectorMeta};
 
 use crate::args::ModelArgs;
@@ -27,14 +28,28 @@ pub struct Args {
     #[arg(value_enum)]
     method: Method,
     /// Model (caa, pca): GGUF file, Hugging Face folder or Hub id.
-    #[arg(long, short = 'm', value_name = "FILE|FOLDER|HUB-ID")]
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "FILE|FOLDER|HUB-ID",
+        env = "BIPO_MODEL"
+    )]
     model: Option<String>,
+    /// Device: cpu, cuda, cuda:N, metal or metal:N.
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        default_value = "cpu",
+        env = "BIPO_DEVICE"
+    )]
+    device: String,
     /// Training data (caa, pca): A/B questions (read at the answer letter) or free-text pairs.
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
-    /// 0-based block whose output is read and steered (caa, pca); repeatable.
-    #[arg(long = "layer")]
-    layers: Vec<usize>,
+    /// 0-based blocks whose output is read and steered (caa, pca): N, A-B, A,B,C, -1 (the
+    /// last) or 0.5 (half depth); repeatable.
+    #[arg(long = "layer", allow_hyphen_values = true)]
+    layers: Vec<LayerSpec>,
     /// Where to read free-text responses: last token or mean over response tokens.
     #[arg(long, default_value = "mean")]
     read_at: String,
@@ -162,6 +177,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         let model = ModelArgs {
             model: model.clone(),
+            device: a.device.clone(),
             dtype: "f32".into(),
             train_dtype: "stored".into(),
         };
@@ -169,13 +185,18 @@ pub fn run(a: Args) -> Result<()> {
             bail!("give at least one --layer");
         }
         let lm = model.load()?;
+        let mut layers = std::collections::BTreeSet::new();
+        for spec in &a.layers {
+            layers.extend(spec.resolve(lm.model.num_layers())?);
+        }
+        let layers: Vec<usize> = layers.into_iter().collect();
         let read_at: ReadAt = a.read_at.parse()?;
         let template = crate::args::chat_template(&lm, a.template.as_deref())?;
         let (d, sha) = differences(
             &lm,
             &template,
             data,
-            &a.layers,
+            &layers,
             read_at,
             a.system.as_deref(),
             a.skip_invalid_rows,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
 use bipo::eval::ab::{self, AbItem};
 use bipo::eval::judge::{Judge, JudgeConfig};
@@ -11,7 +12,6 @@ use bipo::eval::report::{DataFile, Report};
 use bipo::eval::{damage, EvalData, EvalOptions, DEFAULT_EVAL_BATCH};
 use bipo::load::LoadedModel;
 use bipo::SteeringVector;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ModelArgs;
 
@@ -123,14 +123,8 @@ impl EvalFlags {
     }
 }
 
-pub fn bar(len: u64) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb
+pub fn bar(len: u64) -> Progress {
+    Progress::new(len, "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}")
 }
 
 fn data_file(path: &Path, kind: &str, n: usize) -> Result<DataFile> {

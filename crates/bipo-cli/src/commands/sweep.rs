@@ -8,6 +8,7 @@ use bipo::baselines::{self, ReadAt};
 use bipo::eval::ab;
 use bipo::eval::plot::{LineChart, Series};
 use bipo::eval::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH};
+use bipo::util::layers::LayerSpec;
 
 use crate::args::ModelArgs;
 use crate::commands::baseline::{differences, meta};
@@ -29,9 +30,9 @@ pub struct Args {
     /// Held-out free-text pairs, also scored at every layer (mean log-prob margin).
     #[arg(long, value_name = "FILE")]
     pairs: Option<PathBuf>,
-    /// Layers to try, e.g. 4-20 (default: all).
-    #[arg(long, value_name = "A-B")]
-    layers: Option<String>,
+    /// Layers to try: N, A-B, A,B,C, -1 (the last), 0.5 (half depth) (default: all).
+    #[arg(long, value_name = "LAYERS", allow_hyphen_values = true)]
+    layers: Option<LayerSpec>,
     /// Multiplier m: each layer is scored at -m, 0 and +m.
     #[arg(long, default_value_t = 1.0)]
     multiplier: f32,
@@ -58,15 +59,6 @@ pub struct Args {
     out: PathBuf,
 }
 
-fn parse_range(s: &str, n: usize) -> Result<Vec<usize>> {
-    let (a, b) = s.split_once('-').context("--layers wants A-B")?;
-    let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
-    if a > b || b >= n {
-        bail!("invalid --layers {s}: the model has layers 0..{}", n - 1);
-    }
-    Ok((a..=b).collect())
-}
-
 pub fn run(a: Args) -> Result<()> {
     crate::args::check_multiplier(a.multiplier).context("--multiplier")?;
     if a.multiplier == 0.0 {
@@ -89,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     let lm = a.model.load()?;
     let n = lm.model.num_layers();
     let layers = match &a.layers {
-        Some(s) => parse_range(s, n)?,
+        Some(s) => s.resolve(n)?,
         None => (0..n).collect(),
     };
     // A limited copy of the training data, so the activation pass stays quick.

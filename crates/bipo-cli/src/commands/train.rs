@@ -9,10 +9,11 @@ use bipo::run::{DataRecord, ModelRecord, RunRecord};
 use bipo::train::bipo::{tokenize, Prepared};
 use bipo::train::rundir::{writes_run_file, RunDir, Start};
 use bipo::train::{Event, TrainConfig, Trainer};
+use bipo::util::layers::LayerSpec;
 use bipo::VectorMeta;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::ModelArgs;
+use crate::progress::Progress;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,29 +31,37 @@ pub struct Args {
     /// TOML file with training settings; flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// 0-based decoder block whose output is steered.
-    #[arg(long)]
-    layer: Option<usize>,
+    /// 0-based decoder block whose output is steered: N, -1 (the last), or a fraction of
+    /// depth like 0.5 [default: ~45% of the model's depth, e.g. 14 of 30; the BiPO paper
+    /// used 15 of 32].
+    #[arg(long, allow_hyphen_values = true)]
+    layer: Option<LayerSpec>,
+    /// Passes over the training pairs [default: 20, the paper's].
     #[arg(long)]
     epochs: Option<usize>,
     /// Stop after this many optimizer steps (the schedule still spans all epochs).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Peak learning rate (AdamW).
+    /// Peak learning rate of AdamW [default: 0.0005, the paper's].
     #[arg(long)]
     lr: Option<f64>,
-    /// BiPO's beta.
+    /// BiPO's beta [default: 0.1].
     #[arg(long)]
     beta: Option<f64>,
+    /// Pairs per optimizer step [default: 4].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Linear warm-up steps before the cosine decay [default: 100, but at most 10% of
+    /// the schedule's steps].
     #[arg(long)]
     warmup_steps: Option<usize>,
+    /// AdamW's decoupled weight decay [default: 0.05].
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// Gradient-norm clipping threshold.
+    /// Gradient-norm clipping threshold [default: 1.0].
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// Seed of the pair order and of each step's direction [default: 0].
     #[arg(long)]
     seed: Option<u64>,
     /// System prompt for the chat template.
@@ -61,7 +70,8 @@ pub struct Args {
     /// Built-in template (llama2, mistral) instead of the model's own.
     #[arg(long)]
     template: Option<String>,
-    /// Memory (MB) for cached layer-L states; beyond it they are recomputed each step.
+    /// Memory (MB) for cached layer-L states; beyond it they are recomputed each step
+    /// [default: 8192].
     #[arg(long)]
     cache_mb: Option<usize>,
     /// Continue from OUT/checkpoint.json (same settings, model and data); reaches the same vector as an uninterrupted run.
@@ -81,26 +91,31 @@ pub struct Args {
 /// Multipliers at which the held-out margin is reported after training.
 const MARGIN_MULTIPLIERS: [f32; 3] = [-1.0, 0.0, 1.0];
 
-fn config(a: &Args) -> Result<TrainConfig> {
-    let mut c = match &a.config {
-        Some(p) => TrainConfig::from_toml(p)?,
-        None => TrainConfig::default(),
+/// The settings from `--config` and the flags, and whether a layer was given by either.
+fn config(a: &Args) -> Result<(TrainConfig, bool)> {
+    let (mut c, layer_in_file) = match &a.config {
+        Some(p) => (
+            TrainConfig::from_toml(p)?,
+            TrainConfig::toml_sets(p, "layer")?,
+        ),
+        None => (TrainConfig::default(), false),
     };
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(x) = a.$f.clone() { c.$f = x; } )* };
     }
     set!(
-        layer,
         epochs,
         lr,
         beta,
         batch_size,
-        warmup_steps,
         weight_decay,
         grad_clip,
         seed,
         cache_mb
     );
+    if a.warmup_steps.is_some() {
+        c.warmup_steps = a.warmup_steps;
+    }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;
     }
@@ -111,21 +126,11 @@ fn config(a: &Args) -> Result<TrainConfig> {
         c.template = a.template.clone();
     }
     c.validate()?;
-    Ok(c)
-}
-
-fn bar(len: u64, template: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template(template)
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb
+    Ok((c, layer_in_file || a.layer.is_some()))
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = config(&a)?;
+    let (mut cfg, layer_given) = config(&a)?;
     let model_path = std::path::Path::new(&a.model.model);
     let mut inputs = vec![("--data", a.data.as_path()), ("--model", model_path)];
     inputs.extend(a.test.as_deref().map(|t| ("--test", t)));
@@ -151,6 +156,18 @@ pub fn run(a: Args) -> Result<()> {
         crate::note!("skipped {s}");
     }
     let lm = a.model.load()?;
+    if let Some(spec) = &a.layer {
+        cfg.layer = spec
+            .resolve_one(lm.model.num_layers())
+            .with_context(|| format!("--layer {spec}"))?;
+    } else if !layer_given {
+        cfg.layer = bipo::train::default_layer(lm.model.num_layers());
+        crate::note!(
+            "no --layer given: steering layer {} of {} (~45% depth; `bipo sweep-layers` compares layers)",
+            cfg.layer,
+            lm.model.num_layers()
+        );
+    }
     if cfg.layer >= lm.model.num_layers() {
         anyhow::bail!(
             "invalid --layer {}: the model has {} layers (0..{})",
@@ -179,19 +196,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     let prep = |pairs: &[bipo::data::PreferencePair], what: &str| -> Result<Prepared> {
         let ex = tokenize(pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
-        let pb = bar(
+        let pb = Progress::new(
             ex.len() as u64,
-            &format!(
-                "{{spinner}} caching layer {} states ({what}) [{{bar:30}}] {{pos}}/{{len}} {{eta}}",
-                cfg.layer
-            ),
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}",
         );
+        pb.set_message(format!("caching layer {} states ({what})", cfg.layer));
         let p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |done, _| {
             pb.set_position(done as u64)
         })?;
         pb.finish_and_clear();
         Ok(p)
     };
+    for w in cfg.warnings(train.pairs.len(), lm.model.hidden_size()) {
+        crate::note!("warning: {w}");
+    }
     let train_p = prep(&train.pairs, "train")?;
     let test_p = test.as_ref().map(|t| prep(&t.pairs, "test")).transpose()?;
     if !train_p.is_cached() {
@@ -250,15 +268,16 @@ pub fn run(a: Args) -> Result<()> {
     let total = cfg
         .max_steps
         .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
-    let pb = bar(
+    let pb = Progress::new(
         total as u64,
         "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
     );
+    pb.set_message("training");
     let outcome = trainer.run(a.resume, &stop, |ev| match ev {
         Event::Step(m) => {
             pb.set_position(m.step as u64 + 1);
             pb.set_message(format!(
-                "epoch {} loss {:.4} acc {:.2} |v| {:.3}",
+                "training  epoch {} loss {:.4} acc {:.2} |v| {:.3}",
                 m.epoch + 1,
                 m.loss,
                 m.accuracy,

@@ -7,6 +7,8 @@ use anyhow::{bail, Context, Result};
 use bipo::{SteeringVector, VectorMeta};
 use clap::Subcommand;
 
+use bipo::util::layers::LayerSpec;
+
 use crate::args::parse_vector_spec;
 
 #[derive(clap::Args)]
@@ -18,7 +20,25 @@ pub struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Layers, width, norms and metadata of a vector file.
-    Info { file: PathBuf },
+    Info {
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep (or with --drop, remove) some layers: `select IN OUT --layers 1-20`.
+    Select {
+        input: PathBuf,
+        output: PathBuf,
+        /// Layers of the vector: N, A-B, A,B,C, -1 (its last layer).
+        #[arg(long, allow_hyphen_values = true)]
+        layers: LayerSpec,
+        /// Remove the listed layers instead of keeping them.
+        #[arg(long)]
+        drop: bool,
+        #[arg(long, default_value = "llama")]
+        model_hint: String,
+    },
     /// Rewrite a vector in the format named by OUT's extension (.gguf or .safetensors).
     Convert {
         input: PathBuf,
@@ -52,6 +72,9 @@ enum Cmd {
     Compare {
         #[arg(required = true, num_args = 2..)]
         files: Vec<PathBuf>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -80,9 +103,9 @@ fn check_output(inputs: &[&Path], output: &Path) -> Result<()> {
 
 pub fn run(a: Args) -> Result<()> {
     match &a.cmd {
-        Cmd::Convert { input, output, .. } | Cmd::Scale { input, output, .. } => {
-            check_output(&[input], output)?
-        }
+        Cmd::Convert { input, output, .. }
+        | Cmd::Scale { input, output, .. }
+        | Cmd::Select { input, output, .. } => check_output(&[input], output)?,
         Cmd::Combine { inputs, output, .. } => {
             let paths = inputs
                 .iter()
@@ -99,7 +122,51 @@ pub fn run(a: Args) -> Result<()> {
         crate::args::check_multiplier(*k).context("vector scale K")?;
     }
     match a.cmd {
-        Cmd::Info { file } => {
+        Cmd::Info { file, json: true } => {
+            let v = bipo::io::read_vector(&file)?;
+            let out = serde_json::json!({
+                "file": file.display().to_string(),
+                "name": v.meta.name,
+                "method": v.meta.method,
+                "model": v.meta.model,
+                "width": v.hidden_size(),
+                "layers": v.layers.keys().collect::<Vec<_>>(),
+                "norms": v.norms(),
+                "metadata": v.meta.extra,
+            });
+            crate::outln!("{out}")?;
+        }
+        Cmd::Select {
+            input,
+            output,
+            layers,
+            drop,
+            model_hint,
+        } => {
+            let mut v = bipo::io::read_vector(&input)?;
+            let depth = v.layers.keys().next_back().map_or(0, |l| l + 1);
+            let listed = layers.resolve(depth)?;
+            if let Some(l) = listed.iter().find(|l| !v.layers.contains_key(l)) {
+                bail!(
+                    "invalid --layers {layers}: layer {l} is not in {} (it has {})",
+                    input.display(),
+                    v.layers
+                        .keys()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+            }
+            v.layers.retain(|l, _| listed.contains(l) != drop);
+            if v.layers.is_empty() {
+                bail!(
+                    "invalid --layers {layers}: no layer of {} would be left",
+                    input.display()
+                );
+            }
+            write(&v, &output, &model_hint)?;
+        }
+        Cmd::Info { file, json: false } => {
             let v = bipo::io::read_vector(&file)?;
             crate::outln!("name:    {}", v.meta.name)?;
             crate::outln!("method:  {}", v.meta.method.as_deref().unwrap_or("unknown"))?;
@@ -166,11 +233,41 @@ pub fn run(a: Args) -> Result<()> {
             };
             write(&SteeringVector::combine(&refs, meta)?, &output, &model_hint)?;
         }
-        Cmd::Compare { files } => {
+        Cmd::Compare { files, json } => {
             let vs = files
                 .iter()
                 .map(|f| bipo::io::read_vector(f))
                 .collect::<bipo::Result<Vec<_>>>()?;
+            if json {
+                let mut pairs = Vec::new();
+                for i in 0..vs.len() {
+                    for j in i + 1..vs.len() {
+                        let cos = vs[i].cosine(&vs[j]).with_context(|| {
+                            format!("{} vs {}", files[i].display(), files[j].display())
+                        })?;
+                        pairs.push(serde_json::json!({
+                            "a": files[i].display().to_string(),
+                            "b": files[j].display().to_string(),
+                            "cosine": cos,
+                        }));
+                    }
+                }
+                let norms: Vec<_> = files
+                    .iter()
+                    .zip(&vs)
+                    .map(|(f, v)| {
+                        serde_json::json!({
+                            "file": f.display().to_string(),
+                            "norms": v.norms(),
+                        })
+                    })
+                    .collect();
+                crate::outln!(
+                    "{}",
+                    serde_json::json!({"vectors": norms, "cosines": pairs})
+                )?;
+                return Ok(());
+            }
             for (f, v) in files.iter().zip(&vs) {
                 let norms: Vec<String> = v
                     .norms()

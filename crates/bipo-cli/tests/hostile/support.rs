@@ -50,8 +50,23 @@ pub fn stdout(o: &Output) -> String {
 pub fn fails(o: &Output, code: i32, needles: &[&str]) {
     let e = stderr(o);
     assert_eq!(o.status.code(), Some(code), "exit code; stderr: {e}");
-    assert!(e.starts_with("error: "), "{e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
+    // Progress lines ("[12s] stage: 3/8") and notes may come first when stderr is not a
+    // terminal; the error itself is the one last line.
+    let lines: Vec<&str> = e.trim_end().lines().collect();
+    let (last, before) = lines.split_last().expect("stderr is empty");
+    assert!(
+        last.starts_with("error: "),
+        "the last line is not the error: {e}"
+    );
+    for l in before {
+        let progress = ["[", "warning: ", "note: ", "no --layer given", "skipped "]
+            .iter()
+            .any(|p| l.starts_with(p));
+        assert!(
+            progress,
+            "one error line expected, after progress lines only: {e}"
+        );
+    }
     assert!(!e.contains("panicked"), "{e}");
     for n in needles {
         assert!(e.contains(n), "`{n}` not in: {e}");

@@ -1,11 +1,11 @@
 //! The BiPO paper's released vectors: PyTorch `.pt` files (a zip holding a pickle and
-//! raw storages) with one float32 tensor of the hidden size. The layer is not in the
-//! file; the caller names it.
+//! raw storages) with one tensor of the hidden size (float32, or float16 / bfloat16
+//! widened exactly). The layer is not in the file; the caller names it.
 //!
 //! The pickle is read by candle's pickle *interpreter*, which only builds data (class
 //! references stay names, `REDUCE` stays an unevaluated node): no code from the file
-//! ever runs. Only `torch._utils._rebuild_tensor_v2` of a float32 storage is accepted,
-//! at the root or as the single tensor of a dict.
+//! ever runs. Only `torch._utils._rebuild_tensor_v2` of a float32, float16 or bfloat16
+//! storage is accepted, at the root or as the single tensor of a dict.
 
 use std::io::Read;
 use std::path::Path;
@@ -69,9 +69,16 @@ pub fn read(path: &Path, layer: usize) -> Result<SteeringVector> {
         .into_tensor_info(Object::Unicode("vector".into()), Path::new(&dir))
         .map_err(|e| bad(format!("not a tensor: {e}")))?
         .ok_or_else(|| bad("the pickle does not hold a torch tensor".into()))?;
-    if info.dtype != DType::F32 {
-        return Err(bad(format!("tensor is {:?}, expected float32", info.dtype)));
-    }
+    // float16 / bfloat16 vectors are widened exactly; anything else is refused.
+    let width = match info.dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 2,
+        other => {
+            return Err(bad(format!(
+                "tensor is {other:?}, expected float32, float16 or bfloat16"
+            )))
+        }
+    };
     let dims = info.layout.shape().dims().to_vec();
     if dims.len() != 1 || !info.layout.is_contiguous() {
         return Err(bad(format!(
@@ -81,7 +88,7 @@ pub fn read(path: &Path, layer: usize) -> Result<SteeringVector> {
     let (n, offset) = (dims[0], info.layout.start_offset());
     let need = offset
         .checked_add(n)
-        .and_then(|e| e.checked_mul(4))
+        .and_then(|e| e.checked_mul(width))
         .filter(|&b| b as u64 <= MAX_STORAGE_BYTES)
         .ok_or_else(|| {
             bad(format!(
@@ -101,10 +108,21 @@ pub fn read(path: &Path, layer: usize) -> Result<SteeringVector> {
             raw.len()
         )));
     }
-    let direction: Vec<f32> = raw[offset * 4..need]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let bytes = &raw[offset * width..need];
+    let direction: Vec<f32> = match info.dtype {
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    };
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -140,6 +158,14 @@ mod tests {
             v.layers[&13],
             (0..8).map(|i| i as f32 * 0.5 - 1.0).collect::<Vec<_>>()
         );
+        // Saved in float16 and bfloat16 (these values are exact in both): widened.
+        for f in ["arange8-f16.pt", "arange8-bf16.pt"] {
+            assert_eq!(
+                read(&fixture(f), 13).unwrap().layers[&13],
+                v.layers[&13],
+                "{f}"
+            );
+        }
         // The same tensor inside a one-entry dict.
         assert_eq!(
             read(&fixture("dict8.pt"), 2).unwrap().layers[&2],
@@ -154,7 +180,7 @@ mod tests {
         std::fs::write(&p, b"PK\x03\x04 not really").unwrap();
         assert!(read(&p, 0).unwrap_err().to_string().contains("junk.pt"));
         let e = read(&fixture("f64.pt"), 0).unwrap_err().to_string();
-        assert!(e.contains("expected float32"), "{e}");
+        assert!(e.contains("expected float32, float16 or bfloat16"), "{e}");
         let e = read(&fixture("matrix.pt"), 0).unwrap_err().to_string();
         assert!(e.contains("one contiguous dimension"), "{e}");
     }

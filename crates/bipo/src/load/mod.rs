@@ -37,6 +37,40 @@ impl Default for LoadOptions {
     }
 }
 
+/// The device named by `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`; a backend this
+/// build lacks is a clear error saying how to get it.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let (kind, index) = match s.split_once(':') {
+        Some((k, i)) => (
+            k,
+            i.parse::<usize>().map_err(|_| {
+                Error::invalid("device", format!("`{s}`: `{i}` is not a device number"))
+            })?,
+        ),
+        None => (s, 0),
+    };
+    let missing = |feature: &str| {
+        Error::invalid(
+            "device",
+            format!(
+                "`{s}`: this bipo was built without {feature} support (rebuild with \
+                 `cargo build --release --features {feature}`)"
+            ),
+        )
+    };
+    match kind {
+        "cpu" if index == 0 => Ok(Device::Cpu),
+        "cuda" if cfg!(feature = "cuda") => Ok(Device::new_cuda(index)?),
+        "cuda" => Err(missing("cuda")),
+        "metal" if cfg!(feature = "metal") => Ok(Device::new_metal(index)?),
+        "metal" => Err(missing("metal")),
+        _ => Err(Error::invalid(
+            "device",
+            format!("`{s}` (choose cpu, cuda, cuda:N, metal or metal:N)"),
+        )),
+    }
+}
+
 /// A model with everything needed to talk to it.
 pub struct LoadedModel {
     pub model: Model,

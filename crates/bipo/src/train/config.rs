@@ -9,7 +9,11 @@ pub const DEFAULT_LR: f64 = 5e-4;
 pub const DEFAULT_BETA: f64 = 0.1;
 pub const DEFAULT_BATCH_SIZE: usize = 4;
 pub const DEFAULT_EPOCHS: usize = 20;
+/// Warm-up steps when not set: this many, but at most a tenth of the schedule.
 pub const DEFAULT_WARMUP_STEPS: usize = 100;
+/// Depth of the default steering layer, as a fraction of the model's layers (the BiPO
+/// paper steers layer 15 of Llama-2-7b's 32; CAA's sweeps peak near the middle).
+pub const DEFAULT_LAYER_DEPTH: f64 = 0.45;
 pub const DEFAULT_WEIGHT_DECAY: f64 = 0.05;
 pub const DEFAULT_ADAM_BETA1: f64 = 0.9;
 pub const DEFAULT_ADAM_BETA2: f64 = 0.999;
@@ -34,7 +38,9 @@ pub struct TrainConfig {
     pub lr: f64,
     pub beta: f64,
     pub batch_size: usize,
-    pub warmup_steps: usize,
+    /// Linear warm-up steps; `None` = [`DEFAULT_WARMUP_STEPS`] but at most 10% of the
+    /// schedule (so short runs on small data still reach the peak rate).
+    pub warmup_steps: Option<usize>,
     pub weight_decay: f64,
     pub adam_beta1: f64,
     pub adam_beta2: f64,
@@ -58,7 +64,7 @@ impl Default for TrainConfig {
             lr: DEFAULT_LR,
             beta: DEFAULT_BETA,
             batch_size: DEFAULT_BATCH_SIZE,
-            warmup_steps: DEFAULT_WARMUP_STEPS,
+            warmup_steps: None,
             weight_decay: DEFAULT_WEIGHT_DECAY,
             adam_beta1: DEFAULT_ADAM_BETA1,
             adam_beta2: DEFAULT_ADAM_BETA2,
@@ -77,6 +83,14 @@ impl TrainConfig {
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
         let text = crate::util::read_text(path)?;
         toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))
+    }
+
+    /// Whether the TOML file at `path` sets `key` itself (rather than leaving a default).
+    pub fn toml_sets(path: &std::path::Path, key: &str) -> Result<bool> {
+        let text = crate::util::read_text(path)?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))?;
+        Ok(table.contains_key(key))
     }
 
     /// Checks ranges; errors name the field.
@@ -131,15 +145,65 @@ impl TrainConfig {
         n.div_ceil(self.batch_size)
     }
 
+    /// Warm-up steps of a schedule of `total` steps (see `warmup_steps`).
+    pub fn warmup(&self, total: usize) -> usize {
+        self.warmup_steps
+            .unwrap_or_else(|| DEFAULT_WARMUP_STEPS.min(total.div_ceil(10)).max(1))
+    }
+
     /// Learning rate at 0-based step `step` of `total`: linear warm-up, then cosine
     /// decay to 0 at the last configured step.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        let warmup = self.warmup(total);
+        if step < warmup {
+            return self.lr * (step + 1) as f64 / warmup as f64;
         }
-        let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        let progress = ((step - warmup) as f64 / span).min(1.0);
         self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// The default steering layer of a model with `num_layers` blocks.
+pub fn default_layer(num_layers: usize) -> usize {
+    ((num_layers as f64 * DEFAULT_LAYER_DEPTH).round() as usize).min(num_layers.saturating_sub(1))
+}
+
+impl TrainConfig {
+    /// Settings that make a run on `pairs` pairs of a `hidden`-wide model ineffective,
+    /// each as one sentence (empty when the run looks sound).
+    pub fn warnings(&self, pairs: usize, hidden: usize) -> Vec<String> {
+        let mut w = Vec::new();
+        let total = self.steps_per_epoch(pairs) * self.epochs;
+        let run = self.max_steps.map_or(total, |m| m.min(total));
+        let warmup = self.warmup(total);
+        if warmup >= total {
+            w.push(format!(
+                "warm-up ({warmup} steps) is not shorter than the whole schedule ({total} steps = \
+                 {} per epoch x {} epochs): the learning rate never reaches its peak; lower \
+                 --warmup-steps or leave it out",
+                self.steps_per_epoch(pairs),
+                self.epochs
+            ));
+        } else if run <= warmup {
+            w.push(format!(
+                "--max-steps {run} stops inside the warm-up ({warmup} steps): the learning rate \
+                 never reaches its peak"
+            ));
+        }
+        // AdamW moves each coordinate by about lr per step at most, so after the run
+        // |v| <= sqrt(hidden) * sum of the step sizes.
+        let reach: f64 =
+            (0..run).map(|s| self.lr_at(s, total)).sum::<f64>() * (hidden as f64).sqrt();
+        if reach < 1.0 {
+            w.push(format!(
+                "{run} steps at lr {} can move the vector to a norm of at most ~{reach:.3} \
+                 (AdamW moves each of its {hidden} entries by about lr per step): too small to \
+                 steer; raise --lr, --epochs or --max-steps",
+                self.lr
+            ));
+        }
+        w
     }
 }
 
@@ -150,13 +214,75 @@ mod tests {
     #[test]
     fn schedule_warms_up_linearly_then_decays_to_zero() {
         let c = TrainConfig {
-            warmup_steps: 10,
+            warmup_steps: Some(10),
             ..Default::default()
         };
         assert!((c.lr_at(0, 110) - c.lr / 10.0).abs() < 1e-12);
         assert!((c.lr_at(9, 110) - c.lr).abs() < 1e-12);
         assert!((c.lr_at(60, 110) - c.lr * 0.5).abs() < 1e-9);
         assert!(c.lr_at(109, 110) < c.lr * 0.001);
+    }
+
+    #[test]
+    fn default_warm_up_is_a_tenth_of_a_short_schedule_and_100_of_a_long_one() {
+        let c = TrainConfig::default();
+        assert_eq!(c.warmup(3200), 100);
+        assert_eq!(c.warmup(60), 6);
+        assert_eq!(c.warmup(3), 1);
+        assert_eq!(
+            TrainConfig {
+                warmup_steps: Some(7),
+                ..c
+            }
+            .warmup(3),
+            7
+        );
+    }
+
+    #[test]
+    fn ineffective_settings_are_warned_about() {
+        // The reported case: 12 pairs, batch 4, 20 epochs, --max-steps 10, old default
+        // warm-up 100 and lr 5e-4.
+        let old = TrainConfig {
+            warmup_steps: Some(100),
+            max_steps: Some(10),
+            ..Default::default()
+        };
+        let w = old.warnings(12, 576).join("\n");
+        assert!(
+            w.contains("warm-up (100 steps) is not shorter than the whole schedule (60 steps"),
+            "{w}"
+        );
+        assert!(w.contains("too small to steer"), "{w}");
+        let short = TrainConfig {
+            warmup_steps: Some(20),
+            max_steps: Some(10),
+            ..Default::default()
+        };
+        assert!(short
+            .warnings(12, 576)
+            .join("\n")
+            .contains("--max-steps 10 stops inside the warm-up"));
+        // The paper's settings on the paper's data: nothing to say.
+        assert!(TrainConfig::default().warnings(640, 4096).is_empty());
+        // The new defaults on 12 pairs with a higher rate: nothing either.
+        let small = TrainConfig {
+            lr: 0.01,
+            ..Default::default()
+        };
+        assert!(
+            small.warnings(12, 576).is_empty(),
+            "{:?}",
+            small.warnings(12, 576)
+        );
+    }
+
+    #[test]
+    fn the_default_layer_is_near_the_middle() {
+        assert_eq!(default_layer(32), 14);
+        assert_eq!(default_layer(30), 14);
+        assert_eq!(default_layer(24), 11);
+        assert_eq!(default_layer(1), 0);
     }
 
     #[test]

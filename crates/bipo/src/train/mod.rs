@@ -5,5 +5,5 @@ pub mod config;
 pub mod rundir;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{default_layer, TrainConfig};
 pub use trainer::{Event, Trainer};

@@ -1,6 +1,7 @@
 //! Small helpers shared across modules.
 
 pub mod fs;
+pub mod layers;
 pub mod redact;
 
 pub use fs::write_atomic;

@@ -1,0 +1,290 @@
+//! A researcher's first hour: defaults that work on small data (and warnings when the
+//! settings cannot), one layer syntax, a clear answer for a missing GPU backend, and
+//! progress lines when stderr is a log rather than a terminal.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{model, root};
+
+fn bipo_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bipo"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The first `n` pairs of the project's optimism data.
+fn small_data(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("data/optimism/train.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let p = dir.join("mine.csv");
+    let mut w = csv::Writer::from_path(&p).unwrap();
+    w.write_record(rdr.headers().unwrap()).unwrap();
+    for r in rdr.records().take(n) {
+        w.write_record(&r.unwrap()).unwrap();
+    }
+    w.flush().unwrap();
+    p
+}
+
+#[test]
+fn ineffective_settings_are_warned_about_and_defaults_pick_a_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 12);
+    let out = d.path().join("run");
+    // The reported trap: 12 pairs, the old 100-step warm-up, 10 steps at the paper's lr.
+    let o = bipo_env(
+        &[
+            "train",
+            "-m",
+            &model(),
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--warmup-steps",
+            "100",
+            "--max-steps",
+            "2",
+            "--threads",
+            "2",
+        ],
+        &[("BIPO_PROGRESS_SECS", "0")],
+    );
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("warning: warm-up (100 steps) is not shorter than the whole schedule (60 steps"),
+        "{e}"
+    );
+    assert!(e.contains("too small to steer"), "{e}");
+    // No --layer: ~45% of SmolLM2's 30 layers, said once.
+    assert!(
+        e.contains("no --layer given: steering layer 14 of 30"),
+        "{e}"
+    );
+    let v = bipo::io::read_vector(&out.join("vector.safetensors")).unwrap();
+    assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [14]);
+    // stderr is a pipe here: progress came as lines, stage by stage, epoch lines too.
+    assert!(e.contains("] caching layer 14 states (train)"), "{e}");
+    assert!(e.contains("] training"), "{e}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(rec["config"]["layer"], 14, "{rec}");
+}
+
+#[test]
+fn the_last_layer_and_a_fraction_of_depth_name_layers() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 4);
+    let out = d.path().join("run");
+    let o = bipo_env(
+        &[
+            "train",
+            "-m",
+            &model(),
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--layer",
+            "-2",
+            "--max-steps",
+            "1",
+            "--lr",
+            "0.01",
+            "--threads",
+            "2",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = bipo::io::read_vector(&out.join("vector.safetensors")).unwrap();
+    assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [28]);
+    // Several layers where one is trained: refused, naming the list.
+    let o = bipo_env(
+        &[
+            "train",
+            "-m",
+            &model(),
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            d.path().join("r2").to_str().unwrap(),
+            "--layer",
+            "10-14",
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("10-14") && stderr(&o).contains("takes one"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn baselines_take_ranges_lists_and_the_model_from_the_environment() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 6);
+    let out = d.path().join("caa.safetensors");
+    let o = bipo_env(
+        &[
+            "baseline",
+            "caa",
+            "--data",
+            data.to_str().unwrap(),
+            "--layer",
+            "10-12",
+            "--layer",
+            "0.5,-1",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &[("BIPO_MODEL", &model()), ("BIPO_THREADS", "2")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = bipo::io::read_vector(&out).unwrap();
+    assert_eq!(
+        v.layers.keys().copied().collect::<Vec<_>>(),
+        [10, 11, 12, 15, 29]
+    );
+    let o = bipo_env(
+        &[
+            "baseline",
+            "caa",
+            "--data",
+            data.to_str().unwrap(),
+            "--layer",
+            "12-10",
+            "-o",
+            d.path().join("x.safetensors").to_str().unwrap(),
+        ],
+        &[("BIPO_MODEL", &model())],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("runs backwards"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_gpu_backend_missing_from_the_build_is_one_clear_line() {
+    for (dev, feature) in [("cuda", "cuda"), ("cuda:1", "cuda"), ("metal", "metal")] {
+        let o = bipo_env(&["inspect", "-m", &model(), "--device", dev], &[]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(
+            e.contains(&format!("built without {feature} support"))
+                && e.contains(&format!("--features {feature}")),
+            "{e}"
+        );
+    }
+    let o = bipo_env(&["inspect", "-m", &model(), "--device", "tpu"], &[]);
+    assert!(stderr(&o).contains("choose cpu, cuda"), "{}", stderr(&o));
+    let o = bipo_env(&["inspect", "--device", "cpu"], &[("BIPO_MODEL", &model())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn train_help_shows_every_default() {
+    let o = bipo_env(&["train", "--help"], &[]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    use bipo::train::config as c;
+    for want in [
+        format!("[default: {}, the paper's]", c::DEFAULT_EPOCHS),
+        format!("[default: {}, the paper's]", c::DEFAULT_LR),
+        format!("[default: {}]", c::DEFAULT_BETA),
+        format!("[default: {}]", c::DEFAULT_BATCH_SIZE),
+        format!("[default: {}, but at most 10%", c::DEFAULT_WARMUP_STEPS),
+        format!("[default: {}]", c::DEFAULT_WEIGHT_DECAY),
+        format!("[default: {:.1}]", c::DEFAULT_GRAD_CLIP),
+        format!("[default: {}]", c::DEFAULT_SEED),
+        format!("[default: {}]", c::DEFAULT_CACHE_MB),
+        "[default: ~45% of the model's depth".to_string(),
+    ] {
+        // clap re-wraps long help; compare without line breaks.
+        let flat = h.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains(&want), "`{want}` missing from:\n{h}");
+    }
+}
+
+#[test]
+fn vector_layers_are_selected_and_facts_print_as_json() {
+    let d = tempfile::tempdir().unwrap();
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let happy = happy.to_str().unwrap();
+    let out = d.path().join("mid.safetensors");
+    let o = bipo_env(
+        &[
+            "vector",
+            "select",
+            happy,
+            out.to_str().unwrap(),
+            "--layers",
+            "10-12,-1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let all = bipo::io::read_vector(Path::new(happy)).unwrap();
+    let mid = bipo::io::read_vector(&out).unwrap();
+    assert_eq!(
+        mid.layers.keys().copied().collect::<Vec<_>>(),
+        [10, 11, 12, 29]
+    );
+    assert_eq!(mid.layers[&11], all.layers[&11]);
+    // --drop keeps the rest; dropping layer 0 of a vector without it names the layers.
+    let rest = d.path().join("rest.gguf");
+    let o = bipo_env(
+        &[
+            "vector",
+            "select",
+            happy,
+            rest.to_str().unwrap(),
+            "--layers",
+            "1-28",
+            "--drop",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rest_v = bipo::io::read_vector(&rest).unwrap();
+    assert_eq!(rest_v.layers.keys().copied().collect::<Vec<_>>(), [29]);
+    let o = bipo_env(
+        &[
+            "vector",
+            "select",
+            happy,
+            d.path().join("x.gguf").to_str().unwrap(),
+            "--layers",
+            "0",
+        ],
+        &[],
+    );
+    assert!(stderr(&o).contains("layer 0 is not in"), "{}", stderr(&o));
+    // --json parses and carries the same facts as the text.
+    let o = bipo_env(&["vector", "info", out.to_str().unwrap(), "--json"], &[]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["layers"], serde_json::json!([10, 11, 12, 29]));
+    assert_eq!(j["width"], 576);
+    let n11 = j["norms"]["11"].as_f64().unwrap();
+    assert!((n11 - mid.norms()[&11] as f64).abs() < 1e-5);
+    let o = bipo_env(
+        &["vector", "compare", happy, out.to_str().unwrap(), "--json"],
+        &[],
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = j["cosines"][0]["cosine"]["11"].as_f64().unwrap();
+    assert!((c - 1.0).abs() < 1e-5, "{j}");
+    assert_eq!(j["vectors"].as_array().unwrap().len(), 2);
+}
