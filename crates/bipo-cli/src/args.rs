@@ -210,6 +210,11 @@ pub struct SampleArgs {
     /// Keep generating past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Where steering vectors are added: all positions, the prompt's only, or the
+    /// generated tokens' only (the first generated token is predicted at the prompt's
+    /// last position, so `generated` leaves it unsteered).
+    #[arg(long, value_name = "all|prompt|generated", default_value = "all")]
+    pub positions: bipo::steer::Positions,
 }
 
 /// Most alternatives `--logprobs` reports per token.
@@ -237,6 +242,7 @@ impl SampleArgs {
             stop_strings: self.stop.clone(),
             stop_at_eos: !self.ignore_eos,
             top_logprobs,
+            positions: self.positions,
         })
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::{KvCache, Mode, Model};
-use crate::steer::Steering;
+use crate::steer::{Positions, Steering};
 use crate::text::Tokenizer;
 
 /// How the next token is chosen.
@@ -76,6 +76,11 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Report this many top alternatives per step (log-probabilities before sampling).
     pub top_logprobs: usize,
+    /// Which positions the steering is added to: all, the prompt's only (the prompt's
+    /// keys and values carry it forward), or the generated tokens' only. The first
+    /// generated token is predicted at the last prompt position, so `generated` leaves it
+    /// unsteered.
+    pub positions: Positions,
 }
 
 impl Default for GenerateOptions {
@@ -86,6 +91,7 @@ impl Default for GenerateOptions {
             stop_strings: Vec::new(),
             stop_at_eos: true,
             top_logprobs: 0,
+            positions: Positions::All,
         }
     }
 }
@@ -233,8 +239,28 @@ pub fn generate(
     let mut emitted = 0usize; // bytes of visible text already reported
     let mut finish = FinishReason::Length;
     let start = Instant::now();
+    let unsteered = Steering::none();
+    let (prompt_steering, decode_steering) = (
+        if opts.positions.prompt() {
+            steering
+        } else {
+            &unsteered
+        },
+        if opts.positions.generated() {
+            steering
+        } else {
+            &unsteered
+        },
+    );
     let ids = Tensor::new(prompt, device)?.unsqueeze(0)?;
-    let mut logits = model.forward(&ids, 0, Some(&mut cache), steering, Some(1), Mode::Fast)?;
+    let mut logits = model.forward(
+        &ids,
+        0,
+        Some(&mut cache),
+        prompt_steering,
+        Some(1),
+        Mode::Fast,
+    )?;
     let prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let mut visible = String::new();
@@ -300,7 +326,7 @@ pub fn generate(
             &ids,
             cache.len(),
             Some(&mut cache),
-            steering,
+            decode_steering,
             Some(1),
             Mode::Fast,
         )?;
