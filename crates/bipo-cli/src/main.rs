@@ -48,7 +48,7 @@ enum Command {
         /// Folder holding report.json.
         dir: std::path::PathBuf,
     },
-    /// BiPO beside CAA, PCA and random on the same data and layer, in one report.
+    /// BiPO beside CAA, PCA, mean-centring and random on the same data and layer, in one report.
     Compare(commands::compare::Args),
     /// Quick per-layer CAA sweep on A/B questions, to choose the layer.
     SweepLayers(commands::sweep::Args),

@@ -130,7 +130,7 @@ fn baselines_then_compare_write_a_full_report_with_plots_and_judge_scores() {
     let r = json(&out.join("report.json"));
     let vs = r["vectors"].as_array().unwrap();
     let names: Vec<&str> = vs.iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["bipo", "caa", "pca", "random"]);
+    assert_eq!(names, ["bipo", "caa", "pca", "mean-centring", "random"]);
     // Multiplier 0 is the unsteered model for every vector: identical numbers.
     let at0 = |v: &serde_json::Value, k: &str| v[k][1]["value"].as_f64().unwrap();
     for k in ["ab_probability", "pref_margin", "perplexity"] {
@@ -158,13 +158,13 @@ fn baselines_then_compare_write_a_full_report_with_plots_and_judge_scores() {
     let answers = std::fs::read_to_string(out.join("answers.jsonl")).unwrap();
     assert_eq!(
         answers.lines().count(),
-        4 * 3,
-        "4 vectors x 3 multipliers x 1 question"
+        5 * 3,
+        "5 vectors x 3 multipliers x 1 question"
     );
     assert!(answers.lines().all(|l| json_line(l)["score"] == 3));
     assert_eq!(r["open_ended"]["judge"]["model"], "test-judge");
     assert_eq!(r["open_ended"]["judge"]["mean_score"]["pca"]["1"], 3.0);
-    for v in ["bipo", "caa", "pca", "random"] {
+    for v in ["bipo", "caa", "pca", "mean-centring", "random"] {
         assert!(out
             .join("vectors")
             .join(format!("{v}.safetensors"))
@@ -307,5 +307,43 @@ fn compare_without_a_vector_trains_bipo_itself_and_records_the_run() {
     assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [5]);
     assert!(v.norms()[&5] > 0.0, "two steps moved the vector off zero");
     let r = json(&out.join("report.json"));
-    assert_eq!(r["vectors"].as_array().unwrap().len(), 4);
+    assert_eq!(r["vectors"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn mean_centring_is_a_baseline_of_its_own() {
+    let d = tempfile::tempdir().unwrap();
+    let train = head(
+        &shared("power-seeking", "train.csv"),
+        12,
+        &d.path().join("t.csv"),
+    );
+    let mc = d.path().join("mc.safetensors");
+    let caa = d.path().join("caa.safetensors");
+    for (method, out) in [("mean-centring", &mc), ("caa", &caa)] {
+        ok(&bipo(&[
+            "baseline",
+            method,
+            "-m",
+            &model(),
+            "--data",
+            &train,
+            "--layer",
+            "10",
+            "--skip-invalid-rows",
+            "-o",
+            out.to_str().unwrap(),
+            "--threads",
+            "2",
+        ]));
+    }
+    let (m, c) = (
+        bipo::io::read_vector(&mc).unwrap(),
+        bipo::io::read_vector(&caa).unwrap(),
+    );
+    assert_eq!(m.meta.method.as_deref(), Some("mean-centring"));
+    assert_eq!(m.layers.keys().copied().collect::<Vec<_>>(), [10]);
+    assert!(m.norms()[&10] > 0.0);
+    let cos = m.cosine(&c).unwrap()[&10];
+    assert!(cos < 0.999, "mean-centring is not CAA (cosine {cos})");
 }

@@ -8,6 +8,12 @@
 //!   the (centred) differences, by power iteration from the mean difference, so it is
 //!   deterministic; its sign agrees with the mean difference and it is scaled to the
 //!   mean difference's norm, so multipliers compare with CAA's.
+//! - **Mean-centring** (Jorgensen et al. 2023, "Improving Activation Steering in Language
+//!   Models with Mean-Centring"): the mean of block L's output over the target
+//!   behaviour's (matching) responses minus its mean over a broad reference set — here
+//!   neutral text, every token of every paragraph ([`neutral_means`]). Against "all
+//!   responses" instead it would be exactly half of CAA, so neutral text is the
+//!   informative reference.
 //! - **Random**: a seeded Gaussian direction with the same per-layer norm as a given
 //!   vector — the control every claim is measured against.
 
@@ -16,8 +22,11 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use candle_core::{DType, Tensor};
+
 use crate::error::{Error, Result};
-use crate::models::Model;
+use crate::models::{Mode, Model};
+use crate::steer::Steering;
 use crate::train::bipo::{Example, Prepared};
 use crate::vector::{SteeringVector, VectorMeta};
 
@@ -52,6 +61,8 @@ const PCA_ITERATIONS: usize = 200;
 
 /// Per layer, per pair: activation(matching) - activation(opposite).
 pub type PairDiffs = BTreeMap<usize, Vec<Vec<f32>>>;
+/// Per layer, per pair: [activation(matching), activation(opposite)].
+pub type PairReads = BTreeMap<usize, Vec<[Vec<f32>; 2]>>;
 
 /// Reads block outputs at `layers` for every example and returns per-pair differences.
 /// Responses should not end with EOS (read the answer, not the end token).
@@ -60,8 +71,35 @@ pub fn pair_differences(
     examples: Vec<Example>,
     layers: &[usize],
     read_at: ReadAt,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<PairDiffs> {
+    Ok(differences_of(&pair_reads(
+        model, examples, layers, read_at, progress,
+    )?))
+}
+
+/// matching - opposite, per layer and pair.
+pub fn differences_of(reads: &PairReads) -> PairDiffs {
+    reads
+        .iter()
+        .map(|(l, rows)| {
+            let d = rows
+                .iter()
+                .map(|[a, b]| a.iter().zip(b).map(|(x, y)| x - y).collect())
+                .collect();
+            (*l, d)
+        })
+        .collect()
+}
+
+/// Reads block outputs at `layers` for both responses of every example.
+pub fn pair_reads(
+    model: &Model,
+    examples: Vec<Example>,
+    layers: &[usize],
+    read_at: ReadAt,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<PairReads> {
     let mut layers = layers.to_vec();
     layers.sort_unstable();
     layers.dedup();
@@ -70,7 +108,7 @@ pub fn pair_differences(
         return Err(Error::invalid("baseline data", "no examples"));
     }
     let p = Prepared::for_activations(model, examples)?;
-    let mut out: PairDiffs = layers.iter().map(|&l| (l, Vec::with_capacity(n))).collect();
+    let mut out: PairReads = layers.iter().map(|&l| (l, Vec::with_capacity(n))).collect();
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(ACTIVATION_BATCH) {
         let states = p.layer_states(chunk, &layers)?;
@@ -85,10 +123,9 @@ pub fn pair_differences(
                     Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1()?)
                 };
                 let [rm, ro] = p.response_positions(i);
-                let (a, b) = (read(rm)?, read(ro)?);
                 out.get_mut(l)
                     .expect("layer listed")
-                    .push(a.iter().zip(&b).map(|(x, y)| x - y).collect());
+                    .push([read(rm)?, read(ro)?]);
             }
         }
         progress(chunk[chunk.len() - 1] + 1, n);
@@ -114,6 +151,72 @@ pub fn caa(diffs: &PairDiffs, meta: VectorMeta) -> SteeringVector {
         layers: diffs.iter().map(|(l, d)| (*l, mean(d))).collect(),
         meta,
     }
+}
+
+/// Mean of block outputs at `layers` over every token of the `texts` (token ids), the
+/// reference set of mean-centring. Texts longer than the context are cut.
+pub fn neutral_means(
+    model: &Model,
+    texts: &[Vec<u32>],
+    layers: &[usize],
+) -> Result<BTreeMap<usize, Vec<f32>>> {
+    let top = *layers
+        .iter()
+        .max()
+        .ok_or_else(|| Error::invalid("layers", "none given"))?;
+    if top >= model.num_layers() {
+        return Err(Error::invalid(
+            "layer",
+            format!("{top} >= the model's {} layers", model.num_layers()),
+        ));
+    }
+    let h = model.hidden_size();
+    let mut sums: BTreeMap<usize, Vec<f64>> = layers.iter().map(|&l| (l, vec![0.0; h])).collect();
+    let mut count = 0usize;
+    for ids in texts.iter().filter(|t| !t.is_empty()) {
+        let ids = &ids[..ids.len().min(model.max_context())];
+        let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+        let mut xs = model.embed(&x)?;
+        for l in 0..=top {
+            xs = model.run_blocks(&xs, l..l + 1, 0, None, &Steering::none(), Mode::Fast)?;
+            if let Some(acc) = sums.get_mut(&l) {
+                // (1, t, hidden) -> summed over t
+                let s: Vec<f32> = xs.to_dtype(DType::F32)?.sum((0, 1))?.to_vec1()?;
+                acc.iter_mut().zip(&s).for_each(|(a, x)| *a += *x as f64);
+            }
+        }
+        count += ids.len();
+    }
+    if count == 0 {
+        return Err(Error::invalid("neutral text", "no tokens"));
+    }
+    let means: BTreeMap<usize, Vec<f32>> = sums
+        .into_iter()
+        .map(|(l, s)| (l, s.iter().map(|x| (x / count as f64) as f32).collect()))
+        .collect();
+    for (l, m) in &means {
+        crate::util::check_finite(&format!("the neutral-text mean at layer {l}"), m)?;
+    }
+    Ok(means)
+}
+
+/// Mean-centring: per layer, the mean matching-response activation minus the
+/// reference mean (`neutral`, from [`neutral_means`]).
+pub fn mean_centring(
+    reads: &PairReads,
+    neutral: &BTreeMap<usize, Vec<f32>>,
+    meta: VectorMeta,
+) -> Result<SteeringVector> {
+    let mut layers = BTreeMap::new();
+    for (l, rows) in reads {
+        let reference = neutral.get(l).ok_or_else(|| {
+            Error::invalid("mean-centring", format!("no reference mean at layer {l}"))
+        })?;
+        let matching: Vec<Vec<f32>> = rows.iter().map(|[a, _]| a.clone()).collect();
+        let m = mean(&matching);
+        layers.insert(*l, m.iter().zip(reference).map(|(a, b)| a - b).collect());
+    }
+    Ok(SteeringVector { layers, meta })
 }
 
 /// First principal component of the centred pair differences per layer, signed to

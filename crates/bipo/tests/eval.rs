@@ -164,3 +164,44 @@ fn pair_differences_read_the_same_activations_as_separate_forwards() {
         assert!((c.norms()[&1] - p.norms()[&1]).abs() < 1e-3);
     }
 }
+
+#[test]
+fn mean_centring_subtracts_the_reference_mean_of_every_token() {
+    use bipo::baselines::{differences_of, mean_centring, neutral_means, pair_reads};
+    let m = random_model(tiny_config(), 6, None).unwrap();
+    let texts: Vec<Vec<u32>> = vec![vec![1, 8, 9, 10, 11], vec![1, 12, 13]];
+    let layers = [0, 1];
+    let neutral = neutral_means(&m, &texts, &layers).unwrap();
+    // The reference mean equals the token-weighted mean of separate full forwards.
+    for &l in &layers {
+        let rows: Vec<Vec<f32>> = texts.iter().flat_map(|t| states(&m, t, l)).collect();
+        for j in 0..m.hidden_size() {
+            let want = rows.iter().map(|r| r[j]).sum::<f32>() / rows.len() as f32;
+            assert!((neutral[&l][j] - want).abs() < 1e-4, "layer {l}");
+        }
+    }
+    let reads = pair_reads(&m, examples(), &layers, ReadAt::Mean, |_, _| {}).unwrap();
+    let mc = mean_centring(&reads, &neutral, VectorMeta::default()).unwrap();
+    // With "all responses" as the reference instead of neutral text, mean-centring is
+    // exactly half of CAA (a closed form that checks the matching side is read).
+    let all: std::collections::BTreeMap<usize, Vec<f32>> = reads
+        .iter()
+        .map(|(l, rows)| {
+            let n = 2.0 * rows.len() as f32;
+            let h = rows[0][0].len();
+            let s = (0..h)
+                .map(|j| rows.iter().map(|[a, b]| a[j] + b[j]).sum::<f32>() / n)
+                .collect();
+            (*l, s)
+        })
+        .collect();
+    let half = mean_centring(&reads, &all, VectorMeta::default()).unwrap();
+    let c = caa(&differences_of(&reads), VectorMeta::default());
+    for &l in &layers {
+        for (x, y) in half.layers[&l].iter().zip(&c.layers[&l]) {
+            assert!((x - y / 2.0).abs() < 1e-5, "layer {l}: {x} vs {}", y / 2.0);
+        }
+        // And the neutral reference gives a different direction from CAA's.
+        assert_ne!(mc.layers[&l], half.layers[&l]);
+    }
+}

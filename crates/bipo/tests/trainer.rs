@@ -266,3 +266,36 @@ fn bipo_reaches_the_committed_vector() {
         "max |got - committed| = {diff} (scale {scale})"
     );
 }
+
+/// Micro-batches (gradient accumulation) give the whole batch's step up to rounding:
+/// batch 3 as parts of 1 and of 2 (uneven: 2 + 1) vs unsplit, same vector to 1e-5.
+#[test]
+fn micro_batches_reach_the_vector_of_whole_batches() {
+    let m = random_model(tiny_config(), 36, None).unwrap();
+    let p = Prepared::new(&m, 1, examples(), usize::MAX, |_, _| {}).unwrap();
+    let run = |micro: Option<usize>| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = open(dir.path(), Start::Fresh);
+        let mut t = trainer(&p, &out);
+        t.cfg.micro_batch = micro;
+        t.run(false, &AtomicBool::new(false), |_| {})
+            .unwrap()
+            .vector
+    };
+    let whole = run(None);
+    let w = &whole.layers[&1];
+    let scale = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+    for micro in [1, 2] {
+        let got = run(Some(micro));
+        let diff = got.layers[&1]
+            .iter()
+            .zip(w)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            diff <= 1e-5 * scale,
+            "micro {micro}: {diff} (scale {scale})"
+        );
+    }
+    // Parts as large as the batch are the unsplit computation, bit for bit.
+    assert_eq!(run(Some(3)).layers, whole.layers);
+}

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bipo::baselines::{self, PairDiffs, ReadAt};
+use bipo::baselines::{self, PairDiffs, PairReads, ReadAt};
 use bipo::eval::ab;
 use bipo::load::LoadedModel;
 use bipo::text::ChatTemplate;
@@ -21,6 +21,9 @@ pub enum Method {
     Pca,
     /// Seeded random direction with another vector's norm (needs --like).
     Random,
+    /// Mean activation over the matching responses minus the mean over neutral text
+    /// (Jorgensen et al.; --neutral FILE, default bipo's own neutral text).
+    MeanCentring,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +61,10 @@ pub struct Args {
     like: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Neutral text (paragraphs separated by blank lines) for mean-centring's reference
+    /// mean (default: bipo's own).
+    #[arg(long, value_name = "FILE")]
+    neutral: Option<PathBuf>,
     /// Drop records with an empty field instead of failing.
     #[arg(long)]
     skip_invalid_rows: bool,
@@ -82,6 +89,20 @@ pub fn differences(
     system: Option<&str>,
     skip_invalid: bool,
 ) -> Result<(PairDiffs, String)> {
+    let (reads, sha) = reads(lm, template, data, layers, read_at, system, skip_invalid)?;
+    Ok((baselines::differences_of(&reads), sha))
+}
+
+/// Per-layer activations of both responses on `data`, and the data's sha256.
+pub fn reads(
+    lm: &LoadedModel,
+    template: &ChatTemplate,
+    data: &Path,
+    layers: &[usize],
+    read_at: ReadAt,
+    system: Option<&str>,
+    skip_invalid: bool,
+) -> Result<(PairReads, String)> {
     if let Some(&l) = layers.iter().find(|&&l| l >= lm.model.num_layers()) {
         bail!(
             "invalid --layer {l}: the model has {} layers",
@@ -110,11 +131,37 @@ pub fn differences(
     let read_at = if is_ab { ReadAt::Last } else { read_at };
     let pb = bar(examples.len() as u64);
     pb.set_message(format!("activations at layers {layers:?}"));
-    let diffs = baselines::pair_differences(&lm.model, examples, layers, read_at, |d, _| {
+    let reads = baselines::pair_reads(&lm.model, examples, layers, read_at, |d, _| {
         pb.set_position(d as u64)
     })?;
     pb.finish_and_clear();
-    Ok((diffs, bipo::util::file_sha256(data)?))
+    Ok((reads, bipo::util::file_sha256(data)?))
+}
+
+/// The neutral text's token ids: `file`'s paragraphs, or bipo's own.
+pub fn neutral_ids(lm: &LoadedModel, file: Option<&Path>) -> Result<Vec<Vec<u32>>> {
+    use bipo::eval::damage;
+    let paras = match file {
+        Some(p) => damage::paragraphs(&bipo::util::read_text(p)?),
+        None => damage::paragraphs(damage::NEUTRAL_TEXT),
+    };
+    paras
+        .iter()
+        .map(|t| Ok(lm.tokenizer.encode(t, true)?))
+        .collect()
+}
+
+/// Mean-centring at the layers of `reads`, against the neutral text.
+pub fn mean_centring(
+    lm: &LoadedModel,
+    reads: &PairReads,
+    neutral: Option<&Path>,
+    meta: VectorMeta,
+) -> Result<SteeringVector> {
+    let layers: Vec<usize> = reads.keys().copied().collect();
+    let ids = neutral_ids(lm, neutral)?;
+    let means = baselines::neutral_means(&lm.model, &ids, &layers)?;
+    Ok(baselines::mean_centring(reads, &means, meta)?)
 }
 
 /// Metadata for a baseline vector.
@@ -144,6 +191,7 @@ pub fn run(a: Args) -> Result<()> {
     inputs.extend(a.model.as_deref().map(|m| ("--model", Path::new(m))));
     inputs.extend(a.data.as_deref().map(|d| ("--data", d)));
     inputs.extend(a.like.as_deref().map(|l| ("--like", l)));
+    inputs.extend(a.neutral.as_deref().map(|l| ("--neutral", l)));
     bipo::util::fs::check_outputs(&inputs, &[("--out", &a.out)])?;
     if !matches!(
         a.out.extension().and_then(|e| e.to_str()),
@@ -173,7 +221,7 @@ pub fn run(a: Args) -> Result<()> {
         baselines::random_like(&l, a.seed, meta(&stem, "random", None, &extra))
     } else {
         let (Some(model), Some(data)) = (&a.model, &a.data) else {
-            bail!("caa and pca need --model and --data");
+            bail!("caa, pca and mean-centring need --model and --data");
         };
         let model = ModelArgs {
             model: model.clone(),
@@ -192,7 +240,7 @@ pub fn run(a: Args) -> Result<()> {
         let layers: Vec<usize> = layers.into_iter().collect();
         let read_at: ReadAt = a.read_at.parse()?;
         let template = crate::args::chat_template(&lm, a.template.as_deref())?;
-        let (d, sha) = differences(
+        let (r, sha) = reads(
             &lm,
             &template,
             data,
@@ -202,8 +250,15 @@ pub fn run(a: Args) -> Result<()> {
             a.skip_invalid_rows,
         )?;
         let extra = [("data_sha256", sha), ("read_at", a.read_at.clone())];
+        let d = baselines::differences_of(&r);
         match a.method {
             Method::Caa => baselines::caa(&d, meta(&stem, "caa", Some(&lm), &extra)),
+            Method::MeanCentring => mean_centring(
+                &lm,
+                &r,
+                a.neutral.as_deref(),
+                meta(&stem, "mean-centring", Some(&lm), &extra),
+            )?,
             _ => baselines::pca_diff(&d, meta(&stem, "pca-diff", Some(&lm), &extra)),
         }
     };

@@ -8,7 +8,7 @@ use bipo::baselines::{self, ReadAt};
 use bipo::eval::report::DataFile;
 
 use crate::args::ModelArgs;
-use crate::commands::baseline::{differences, meta, write};
+use crate::commands::baseline::{meta, write};
 use crate::commands::eval::{eval_writes, run_eval, EvalFlags};
 
 #[derive(clap::Args)]
@@ -101,7 +101,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let read_at: ReadAt = a.read_at.parse()?;
     let template = crate::args::chat_template(&lm, a.flags.template.as_deref())?;
-    let (d, sha) = differences(
+    let (r, sha) = crate::commands::baseline::reads(
         &lm,
         &template,
         &a.train,
@@ -110,8 +110,15 @@ pub fn run(a: Args) -> Result<()> {
         a.flags.system.as_deref(),
         a.skip_invalid_rows,
     )?;
+    let d = baselines::differences_of(&r);
     let extra = [("data_sha256", sha.clone()), ("read_at", a.read_at.clone())];
     let caa = baselines::caa(&d, meta("caa", "caa", Some(&lm), &extra));
+    let mc = crate::commands::baseline::mean_centring(
+        &lm,
+        &r,
+        a.flags.neutral.as_deref(),
+        meta("mean-centring", "mean-centring", Some(&lm), &extra),
+    )?;
     let pca = baselines::pca_diff(&d, meta("pca", "pca-diff", Some(&lm), &extra));
     let rnd_extra = [("like", "bipo".to_string()), ("seed", a.seed.to_string())];
     let random = baselines::random_like(
@@ -122,7 +129,7 @@ pub fn run(a: Args) -> Result<()> {
     bipo_v.meta.name = "bipo".into();
     let dir = a.flags.out.join("vectors");
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-    let vectors = vec![bipo_v, caa, pca, random];
+    let vectors = vec![bipo_v, caa, pca, mc, random];
     for v in &vectors {
         write(v, &dir.join(format!("{}.safetensors", v.meta.name)))?;
     }
@@ -132,11 +139,10 @@ pub fn run(a: Args) -> Result<()> {
         kind: "train".into(),
         examples: d.values().next().map_or(0, Vec::len),
     };
-    let title = a
-        .flags
-        .title
-        .clone()
-        .unwrap_or_else(|| format!("BiPO vs CAA vs PCA vs random, layer {layer}"));
+    let title =
+        a.flags.title.clone().unwrap_or_else(|| {
+            format!("BiPO vs CAA vs PCA vs mean-centring vs random, layer {layer}")
+        });
     let r = run_eval(&lm, &vectors, &a.flags, vec![train_file], &title)?;
     crate::outln!("{}", r.markdown())?;
     crate::note!("report: {}", a.flags.out.join("report.md").display());

@@ -51,6 +51,10 @@ pub struct Args {
     /// Pairs per optimizer step [default: 4].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Pairs per forward/backward pass inside a step (gradients are summed): less memory
+    /// for large models, the same step up to rounding [default: the whole batch].
+    #[arg(long, value_name = "N")]
+    micro_batch: Option<usize>,
     /// Linear warm-up steps before the cosine decay [default: 100, but at most 10% of
     /// the schedule's steps].
     #[arg(long)]
@@ -115,6 +119,9 @@ fn config(a: &Args) -> Result<(TrainConfig, bool)> {
     );
     if a.warmup_steps.is_some() {
         c.warmup_steps = a.warmup_steps;
+    }
+    if a.micro_batch.is_some() {
+        c.micro_batch = a.micro_batch;
     }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;

@@ -38,6 +38,10 @@ pub struct TrainConfig {
     pub lr: f64,
     pub beta: f64,
     pub batch_size: usize,
+    /// Pairs per forward/backward pass inside a step (`None` = the whole batch): smaller
+    /// parts need less memory; gradients are summed, so the step is the same up to
+    /// rounding.
+    pub micro_batch: Option<usize>,
     /// Linear warm-up steps; `None` = [`DEFAULT_WARMUP_STEPS`] but at most 10% of the
     /// schedule (so short runs on small data still reach the peak rate).
     pub warmup_steps: Option<usize>,
@@ -64,6 +68,7 @@ impl Default for TrainConfig {
             lr: DEFAULT_LR,
             beta: DEFAULT_BETA,
             batch_size: DEFAULT_BATCH_SIZE,
+            micro_batch: None,
             warmup_steps: None,
             weight_decay: DEFAULT_WEIGHT_DECAY,
             adam_beta1: DEFAULT_ADAM_BETA1,
@@ -110,6 +115,9 @@ impl TrainConfig {
             if x == 0 {
                 return Err(Error::invalid(n, "0 (must be >= 1)"));
             }
+        }
+        if self.micro_batch == Some(0) {
+            return Err(Error::invalid("micro_batch", "0 (must be >= 1)"));
         }
         if self.max_steps == Some(0) {
             return Err(Error::invalid(

@@ -312,24 +312,31 @@ impl Trainer<'_, '_> {
             let order = epoch_order(cfg.seed, epoch, n);
             let batch = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(n)];
             let d = step_direction(cfg.seed, step);
-            let var = Var::from_tensor(&Tensor::new(st.v.as_slice(), &dev)?)?;
-            let out = self
-                .train
-                .loss(batch, var.as_tensor(), d, cfg.beta as f32)?;
-            let loss = out.loss.to_scalar::<f32>()?;
-            if !loss.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "the training loss at step {step} ({loss}); the last good checkpoint is kept in {}",
-                    self.out_dir().display()
-                )));
+            // Micro-batches bound the memory of the backward pass: each part's gradient
+            // is weighted by its share of the batch (the loss is a mean over pairs), so
+            // the sum is the whole batch's gradient. One part (the default) is exactly
+            // the unsplit computation (weight 1.0).
+            let micro = cfg.micro_batch.unwrap_or(batch.len()).max(1);
+            let mut g = vec![0f32; st.v.len()];
+            let (mut loss, mut margins) = (0f32, Vec::with_capacity(batch.len()));
+            for part in batch.chunks(micro) {
+                let w = part.len() as f32 / batch.len() as f32;
+                let var = Var::from_tensor(&Tensor::new(st.v.as_slice(), &dev)?)?;
+                let out = self.train.loss(part, var.as_tensor(), d, cfg.beta as f32)?;
+                let l = out.loss.to_scalar::<f32>()?;
+                if !l.is_finite() {
+                    return Err(Error::NonFinite(format!(
+                        "the training loss at step {step} ({l}); the last good checkpoint is kept in {}",
+                        self.out_dir().display()
+                    )));
+                }
+                if let Some(gp) = out.loss.backward()?.get(&var) {
+                    let gp: Vec<f32> = gp.to_vec1()?;
+                    g.iter_mut().zip(&gp).for_each(|(a, x)| *a += w * x);
+                }
+                loss += w * l;
+                margins.extend(out.margins);
             }
-            let mut g: Vec<f32> = out
-                .loss
-                .backward()?
-                .get(&var)
-                .map(|g| g.to_vec1())
-                .transpose()?
-                .unwrap_or_else(|| vec![0.0; st.v.len()]);
             crate::util::check_finite(&format!("the gradient at step {step}"), &g)?;
             let grad_norm = norm(&g);
             if grad_norm as f64 > cfg.grad_clip {
@@ -350,14 +357,14 @@ impl Trainer<'_, '_> {
                 x -= lr * (m / c1) / ((s / c2).sqrt() + cfg.adam_eps);
                 (*p, *m1, *m2) = (x as f32, m as f32, s as f32);
             }
-            let accuracy = out.margins.iter().filter(|&&m| m * d > 0.0).count() as f32
-                / out.margins.len() as f32;
+            let accuracy =
+                margins.iter().filter(|&&m| m * d > 0.0).count() as f32 / margins.len() as f32;
             let sm = StepMetrics {
                 step,
                 epoch,
                 loss,
                 d,
-                reward_margin: out.margins.iter().sum::<f32>() / out.margins.len() as f32,
+                reward_margin: margins.iter().sum::<f32>() / margins.len() as f32,
                 accuracy,
                 grad_norm,
                 vector_norm: norm(&st.v),
