@@ -288,3 +288,41 @@ fn vector_layers_are_selected_and_facts_print_as_json() {
     assert!((c - 1.0).abs() < 1e-5, "{j}");
     assert_eq!(j["vectors"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn training_on_response_positions_only_is_recorded_and_differs() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 4);
+    let mut vs = Vec::new();
+    for mode in ["all", "generated"] {
+        let out = d.path().join(mode);
+        let o = bipo_env(
+            &[
+                "train",
+                "-m",
+                &model(),
+                "--data",
+                data.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--layer",
+                "20",
+                "--max-steps",
+                "2",
+                "--lr",
+                "0.01",
+                "--positions",
+                mode,
+                "--threads",
+                "2",
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(rec["config"]["positions"], mode, "{rec}");
+        vs.push(bipo::io::read_vector(&out.join("vector.safetensors")).unwrap());
+    }
+    assert_ne!(vs[0].layers, vs[1].layers);
+}

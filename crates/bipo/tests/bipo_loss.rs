@@ -206,3 +206,61 @@ fn training_on_stored_quantized_weights_equals_the_f32_copy() {
         "gradient: worst {worst} of scale {scale}"
     );
 }
+
+/// Position modes in training: the packed, prefix-cached loss steering only prompt or
+/// only response positions equals the plain padded full forward with the same mask (two
+/// independent layouts), and each mode differs from steering everything.
+#[test]
+fn prompt_only_and_response_only_losses_equal_masked_full_forwards() {
+    use bipo::steer::Positions;
+    let lm = bipo::load::load(
+        common::default_model().to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let pairs = bipo::data::load_pairs_with(
+        &common::root().join("../shared/data/bipo/power-seeking/train.csv"),
+        true,
+    )
+    .unwrap();
+    let template = lm.chat_template.clone().unwrap();
+    let ex =
+        bipo::train::bipo::tokenize(&pairs.pairs[..3], &lm.tokenizer, &template, None).unwrap();
+    let mut p = Prepared::new(&lm.model, 15, ex, ALL, |_, _| {}).unwrap();
+    let v0: Vec<f32> = (0..lm.model.hidden_size())
+        .map(|i| ((i * 7 % 31) as f32 - 15.0) * 0.05)
+        .collect();
+    let idx = [0, 1, 2];
+    let mut losses = Vec::new();
+    for mode in [Positions::All, Positions::Prompt, Positions::Generated] {
+        p.set_positions(mode);
+        let run = |plain: bool| {
+            let var =
+                Var::from_tensor(&Tensor::new(v0.as_slice(), lm.model.device()).unwrap()).unwrap();
+            let out = if plain {
+                p.loss_plain(&idx, var.as_tensor(), 1.0, 0.1)
+            } else {
+                p.loss(&idx, var.as_tensor(), 1.0, 0.1)
+            }
+            .unwrap();
+            let g: Vec<f32> = out
+                .loss
+                .backward()
+                .unwrap()
+                .get(&var)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (out.loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let ((l1, g1), (l2, g2)) = (run(false), run(true));
+        assert!(((l1 - l2) / l2).abs() < 1e-4, "{mode}: {l1} vs plain {l2}");
+        let norm = |g: &[f32]| g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let diff: Vec<f32> = g1.iter().zip(&g2).map(|(a, b)| a - b).collect();
+        assert!(norm(&diff) / norm(&g2) < 1e-3, "{mode}: gradient");
+        losses.push(l1);
+    }
+    assert_ne!(losses[1], losses[0], "prompt-only differs from all");
+    assert_ne!(losses[2], losses[0], "response-only differs from all");
+    assert_ne!(losses[1], losses[2]);
+}

@@ -40,9 +40,10 @@ pub fn train(
     record.write(dir.path())?;
     let pb = bar(ex.len() as u64);
     pb.set_message(format!("{name}: caching layer {} states", cfg.layer));
-    let p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |d, _| {
+    let mut p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |d, _| {
         pb.set_position(d as u64)
     })?;
+    p.set_positions(cfg.positions);
     let meta = VectorMeta {
         name: name.into(),
         model: Some(lm.model.info.source.clone()),

@@ -51,6 +51,10 @@ pub struct Args {
     /// Pairs per optimizer step [default: 4].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Positions the vector is added to while training: all (the paper's), prompt
+    /// tokens only, or response tokens only (generated) [default: all].
+    #[arg(long, value_name = "all|prompt|generated")]
+    positions: Option<bipo::steer::Positions>,
     /// Pairs per forward/backward pass inside a step (gradients are summed): less memory
     /// for large models, the same step up to rounding [default: the whole batch].
     #[arg(long, value_name = "N")]
@@ -122,6 +126,9 @@ fn config(a: &Args) -> Result<(TrainConfig, bool)> {
     }
     if a.micro_batch.is_some() {
         c.micro_batch = a.micro_batch;
+    }
+    if let Some(p) = a.positions {
+        c.positions = p;
     }
     if a.max_steps.is_some() {
         c.max_steps = a.max_steps;
@@ -208,9 +215,10 @@ pub fn run(a: Args) -> Result<()> {
             "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}",
         );
         pb.set_message(format!("caching layer {} states ({what})", cfg.layer));
-        let p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |done, _| {
+        let mut p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |done, _| {
             pb.set_position(done as u64)
         })?;
+        p.set_positions(cfg.positions);
         pb.finish_and_clear();
         Ok(p)
     };

@@ -24,7 +24,7 @@ use crate::data::PreferencePair;
 use crate::error::{Error, Result};
 use crate::kernels::ops;
 use crate::models::{Mode, Model};
-use crate::steer::Steering;
+use crate::steer::{Positions, Steering};
 use crate::text::{ChatTemplate, Tokenizer};
 
 /// One pair as token ids: a prompt and two responses (matching, opposite), each
@@ -82,6 +82,8 @@ pub struct Prepared<'m> {
     prefix: Option<Vec<Tensor>>,
     /// Per example and response: unsteered summed response log-probability.
     pub ref_logp: Vec<[f32; 2]>,
+    /// Which positions the steering is added to (all; the prompt's; the responses').
+    positions: Positions,
 }
 
 /// Bytes per f32.
@@ -127,6 +129,7 @@ impl<'m> Prepared<'m> {
             examples,
             prefix: None,
             ref_logp: Vec::new(),
+            positions: Positions::All,
         };
         for (c, chunk) in p.examples.chunks(PREPARE_BATCH).enumerate() {
             let idx: Vec<usize> = (c * PREPARE_BATCH..c * PREPARE_BATCH + chunk.len()).collect();
@@ -156,7 +159,47 @@ impl<'m> Prepared<'m> {
             examples,
             prefix: None,
             ref_logp: Vec::new(),
+            positions: Positions::All,
         })
+    }
+
+    /// Steers only `positions` from now on: `Prompt` the prompt tokens, `Generated` the
+    /// response tokens (the position predicting a response's first token is the
+    /// prompt's last, as in generation). The reference log-probabilities are unsteered
+    /// and stay valid.
+    pub fn set_positions(&mut self, positions: Positions) {
+        self.positions = positions;
+    }
+
+    pub fn positions(&self) -> Positions {
+        self.positions
+    }
+
+    /// (rows, t, 1) 0/1 weights of the steered positions for rows laid out by `len_of`
+    /// (row r holds a prompt of `prompt_of(r)` tokens followed by response tokens), or
+    /// None when every position is steered.
+    fn position_mask(
+        &self,
+        rows: usize,
+        t: usize,
+        prompt_of: impl Fn(usize) -> usize,
+        dtype: DType,
+    ) -> Result<Option<Tensor>> {
+        if self.positions == Positions::All {
+            return Ok(None);
+        }
+        let mut m = vec![0f32; rows * t];
+        for r in 0..rows {
+            let p = prompt_of(r).min(t);
+            let (lo, hi) = match self.positions {
+                Positions::Prompt => (0, p),
+                _ => (p, t),
+            };
+            m[r * t + lo..r * t + hi].iter_mut().for_each(|x| *x = 1.0);
+        }
+        Ok(Some(
+            Tensor::from_vec(m, (rows, t, 1), self.model.device())?.to_dtype(dtype)?,
+        ))
     }
 
     /// Unsteered outputs of each block in `layers` (ascending) on the packed rows of
@@ -321,9 +364,21 @@ impl<'m> Prepared<'m> {
         later: &Steering,
     ) -> Result<Tensor> {
         let (hs, pos, mask) = states;
-        let xs = match delta {
-            Some(d) => hs.broadcast_add(d)?,
-            None => hs.clone(),
+        let (rows, t, _) = hs.dims3()?;
+        let steered =
+            self.position_mask(rows, t, |r| self.examples[idx[r]].prompt.len(), hs.dtype())?;
+        let xs = match (delta, &steered) {
+            (Some(d), None) => hs.broadcast_add(d)?,
+            (Some(d), Some(m)) => hs.broadcast_add(&m.broadcast_mul(d)?)?,
+            (None, _) => hs.clone(),
+        };
+        let masked_later;
+        let later = match &steered {
+            Some(m) if !later.is_empty() => {
+                masked_later = later.with_mask(m.clone());
+                &masked_later
+            }
+            _ => later,
         };
         let n = self.model.num_layers();
         let xs = self
@@ -460,15 +515,24 @@ impl<'m> Prepared<'m> {
             .collect();
         let ids = Tensor::from_vec(flat, (seqs.len(), t), self.model.device())?;
         let m = self.model;
+        // Padded rows: sequence 2j + w is example idx[j]'s prompt then response w.
+        let steered = self.position_mask(
+            seqs.len(),
+            t,
+            |r| self.examples[idx[r / 2]].prompt.len(),
+            m.dtype(),
+        )?;
         let full = |st: &Steering| -> Result<Tensor> {
             let xs = m.embed(&ids)?;
             let xs = m.run_blocks(&xs, 0..m.num_layers(), 0, None, st, Mode::Differentiable)?;
             self.response_logp(idx, &xs, |i, _, k| self.examples[i].prompt.len() + k - 1)
         };
         let delta = (v * d as f64)?.to_dtype(m.dtype())?;
-        let lp = full(&Steering::from_deltas(BTreeMap::from([(
-            self.layer, delta,
-        )])))?;
+        let st = Steering::from_deltas(BTreeMap::from([(self.layer, delta)]));
+        let lp = full(&match &steered {
+            Some(mask) => st.with_mask(mask.clone()),
+            None => st,
+        })?;
         // Two reference forwards (matching and opposite), as the reference code does;
         // here both halves come from one padded batch, computed twice.
         let ref_a = full(&Steering::none())?;

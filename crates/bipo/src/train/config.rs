@@ -57,6 +57,9 @@ pub struct TrainConfig {
     /// Built-in template (`llama2`, `mistral`) instead of the model's own.
     pub template: Option<String>,
     pub cache_mb: usize,
+    /// Positions the vector is added to while training: all (the paper's), the prompt's
+    /// only, or the responses' only (`generated`).
+    pub positions: crate::steer::Positions,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +82,7 @@ impl Default for TrainConfig {
             system: None,
             template: None,
             cache_mb: DEFAULT_CACHE_MB,
+            positions: crate::steer::Positions::All,
         }
     }
 }
