@@ -326,3 +326,65 @@ fn training_on_response_positions_only_is_recorded_and_differs() {
     }
     assert_ne!(vs[0].layers, vs[1].layers);
 }
+
+#[test]
+fn eval_in_generated_mode_leaves_ab_flat_and_moves_pair_margins_differently() {
+    let d = tempfile::tempdir().unwrap();
+    let shared = root().join("../shared/data/bipo/power-seeking");
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let mut reports = Vec::new();
+    for mode in ["all", "generated"] {
+        let out = d.path().join(mode);
+        let o = bipo_env(
+            &[
+                "eval",
+                "-m",
+                &model(),
+                "-v",
+                happy.to_str().unwrap(),
+                "--data",
+                shared.join("test_infer.csv").to_str().unwrap(),
+                "--data",
+                shared.join("test.csv").to_str().unwrap(),
+                "--limit",
+                "3",
+                "--multipliers=-4,0,4",
+                "--no-damage",
+                "--open-ended",
+                "0",
+                "--positions",
+                mode,
+                "-o",
+                out.to_str().unwrap(),
+                "--threads",
+                "2",
+            ],
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        reports.push(r["vectors"][0].clone());
+    }
+    let vals = |v: &serde_json::Value, k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_f64().unwrap())
+            .collect()
+    };
+    // A/B letters are predicted at the prompt's last position: with only generated
+    // positions steered, the A/B probability is the unsteered one at every multiplier.
+    let ab = vals(&reports[1], "ab_probability");
+    assert!(ab.iter().all(|&x| x == ab[1]), "{ab:?}");
+    assert_ne!(vals(&reports[0], "ab_probability")[0], ab[1]);
+    // Held-out pair margins move in both modes, differently.
+    let (pa, pg) = (
+        vals(&reports[0], "pref_margin"),
+        vals(&reports[1], "pref_margin"),
+    );
+    assert_eq!(pa[1], pg[1], "multiplier 0 is unsteered in both");
+    assert_ne!(pg[0], pg[1]);
+    assert_ne!(pa[0], pg[0]);
+}

@@ -18,6 +18,10 @@ use crate::args::ModelArgs;
 /// Flags shared by `eval` and `compare`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EvalFlags {
+    /// Positions steered: all, prompt tokens only, or response/generated tokens only
+    /// (A/B answer letters are predicted from the prompt, so `generated` leaves A/B flat).
+    #[arg(long, value_name = "all|prompt|generated", default_value = "all")]
+    pub positions: bipo::steer::Positions,
     /// Test data, repeatable: A/B questions (test_infer.csv, CAA JSON) and/or free-text pairs (test.csv); detected by content.
     #[arg(long = "data", value_name = "FILE", required = true)]
     pub data: Vec<PathBuf>,
@@ -176,6 +180,7 @@ pub fn run_eval(
         multipliers: flags.multipliers.clone(),
         batch: flags.batch,
         system: flags.system.clone(),
+        positions: flags.positions,
     };
     let data = EvalData {
         ab: ab_items.as_deref(),
@@ -278,6 +283,7 @@ fn open_ended_answers(
         &flags.multipliers,
         questions,
         flags.max_tokens,
+        flags.positions,
         |d, n| {
             pb.set_length(n as u64);
             pb.set_position(d as u64);

@@ -116,6 +116,7 @@ pub fn run(a: Args) -> Result<()> {
         multipliers: vec![-m, 0.0, m],
         batch: DEFAULT_EVAL_BATCH,
         system: None,
+        positions: Default::default(),
     };
     let pairs = a
         .pairs

@@ -39,6 +39,12 @@ pub struct EvalOptions {
     pub multipliers: Vec<f32>,
     pub batch: usize,
     pub system: Option<String>,
+    /// Positions steered in the A/B and held-out pair measurements (the damage check
+    /// on neutral text steers every position). For A/B, `generated` steers only the
+    /// answer letter, which is predicted from the prompt: the A/B probability then does
+    /// not move.
+    #[serde(default)]
+    pub positions: crate::steer::Positions,
 }
 
 /// One metric value at one multiplier.
@@ -197,13 +203,17 @@ pub fn evaluate(
             let stage = if is_ab { "A/B" } else { "held-out pairs" };
             let p = match prepared.entry((is_ab, layer)) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(prepare(
-                    lm,
-                    layer,
-                    ex.clone(),
-                    &format!("{stage}: caching blocks 0..={layer}"),
-                    &mut progress,
-                )?),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert({
+                    let mut p = prepare(
+                        lm,
+                        layer,
+                        ex.clone(),
+                        &format!("{stage}: caching blocks 0..={layer}"),
+                        &mut progress,
+                    )?;
+                    p.set_positions(opts.positions);
+                    p
+                }),
             };
             let mut per_m: Vec<Vec<f64>> = Vec::new();
             for (k, (mult, s)) in opts.multipliers.iter().zip(&settings).enumerate() {

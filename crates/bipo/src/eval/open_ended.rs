@@ -44,11 +44,13 @@ pub fn answers(
     multipliers: &[f32],
     questions: &[Question],
     max_tokens: usize,
+    positions: crate::steer::Positions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Answer>> {
     let m = &lm.model;
     let opts = GenerateOptions {
         max_tokens,
+        positions,
         sampling: SamplingParams {
             temperature: 0.0,
             ..Default::default()
