@@ -77,6 +77,10 @@ pub struct SteerArgs {
     /// Steering vector file with optional multiplier (default 1); repeat to add several.
     #[arg(long = "vector", short = 'v', value_name = "FILE[:MULTIPLIER]")]
     pub vectors: Vec<String>,
+    /// Apply only the vectors' layers from START to END (inclusive), like llama.cpp's
+    /// --control-vector-layer-range.
+    #[arg(long, num_args = 2, value_names = ["START", "END"])]
+    pub layer_range: Option<Vec<usize>>,
 }
 
 /// Splits `FILE[:MULTIPLIER]`. A suffix that is not a number stays part of the path only
@@ -116,9 +120,22 @@ impl SteerArgs {
             .iter()
             .map(|spec| {
                 let (path, m) = parse_vector_spec(spec)?;
-                let v = bipo::io::read_vector(&path)?;
+                let mut v = bipo::io::read_vector(&path)?;
                 v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
                     .with_context(|| format!("{}", path.display()))?;
+                if let Some(r) = &self.layer_range {
+                    let (a, b) = (r[0], r[1]);
+                    if a > b {
+                        bail!("invalid --layer-range {a} {b}: START is after END");
+                    }
+                    v.layers.retain(|l, _| (a..=b).contains(l));
+                    if v.layers.is_empty() {
+                        crate::note!(
+                            "note: {} has no layer in --layer-range {a} {b}; it steers nothing",
+                            path.display()
+                        );
+                    }
+                }
                 Ok((v, m))
             })
             .collect()

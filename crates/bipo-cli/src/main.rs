@@ -52,6 +52,11 @@ enum Command {
     Compare(commands::compare::Args),
     /// Quick per-layer CAA sweep on A/B questions, to choose the layer.
     SweepLayers(commands::sweep::Args),
+    /// Print a shell completion script: `bipo completions bash > /etc/bash_completion.d/bipo`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             .map_err(Into::into),
         Command::Compare(a) => commands::compare::run(a),
         Command::SweepLayers(a) => commands::sweep::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "bipo", &mut buf);
+            outln!("{}", String::from_utf8_lossy(&buf).trim_end())?;
+            Ok(())
+        }
     }
 }
 

@@ -388,3 +388,86 @@ fn eval_in_generated_mode_leaves_ab_flat_and_moves_pair_margins_differently() {
     assert_ne!(pg[0], pg[1]);
     assert_ne!(pa[0], pg[0]);
 }
+
+#[test]
+fn a_layer_range_limits_the_vector_and_completions_print() {
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let spec = format!("{}:6", happy.display());
+    let m = model();
+    let gen = |extra: &[&str]| {
+        let mut a = vec![
+            "generate",
+            "-m",
+            &m,
+            "-p",
+            "I feel",
+            "--max-tokens",
+            "12",
+            "--threads",
+            "2",
+        ];
+        a.extend_from_slice(extra);
+        let o = bipo_env(&a, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let plain = gen(&[]);
+    let all = gen(&["-v", &spec]);
+    // The happy vector has layers 1..29; a range outside them steers nothing.
+    let none = gen(&["-v", &spec, "--layer-range", "0", "0"]);
+    let part = gen(&["-v", &spec, "--layer-range", "10", "20"]);
+    assert_ne!(all, plain);
+    assert_eq!(none, plain);
+    assert_ne!(part, plain);
+    assert_ne!(part, all);
+    let o = bipo_env(&["completions", "bash"], &[]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && s.contains("_bipo()") && s.contains("sweep-layers"),
+        "{s}"
+    );
+}
+
+#[test]
+fn vectors_normalize_to_a_norm_whole_or_per_layer() {
+    let d = tempfile::tempdir().unwrap();
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let (whole, per) = (
+        d.path().join("w.safetensors"),
+        d.path().join("p.safetensors"),
+    );
+    for (out, extra) in [(&whole, None), (&per, Some("--per-layer"))] {
+        let mut a = vec![
+            "vector",
+            "normalize",
+            happy.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--norm",
+            "4",
+        ];
+        a.extend(extra);
+        let o = bipo_env(&a, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let src = bipo::io::read_vector(&happy).unwrap();
+    let w = bipo::io::read_vector(&whole).unwrap();
+    let total = w.norms().values().map(|n| n * n).sum::<f32>().sqrt();
+    assert!((total - 4.0).abs() < 1e-4, "{total}");
+    // The whole-vector rescale keeps the ratios between layers.
+    let r = src.norms()[&10] / src.norms()[&20];
+    assert!((w.norms()[&10] / w.norms()[&20] - r).abs() < 1e-4);
+    let p = bipo::io::read_vector(&per).unwrap();
+    assert!(p.norms().values().all(|n| (n - 4.0).abs() < 1e-4));
+    let o = bipo_env(
+        &[
+            "vector",
+            "normalize",
+            happy.to_str().unwrap(),
+            whole.to_str().unwrap(),
+            "--norm",
+            "0",
+        ],
+        &[],
+    );
+    assert!(stderr(&o).contains("invalid --norm 0"), "{}", stderr(&o));
+}

@@ -59,6 +59,20 @@ enum Cmd {
         #[arg(long, default_value = "llama")]
         model_hint: String,
     },
+    /// Rescale to a given norm, so vectors of different methods compare at equal
+    /// strength: `normalize IN OUT --norm 4` (the whole vector) or `--per-layer`.
+    Normalize {
+        input: PathBuf,
+        output: PathBuf,
+        /// Target L2 norm (> 0).
+        #[arg(long)]
+        norm: f32,
+        /// Give every layer's direction this norm (default: the vector as a whole).
+        #[arg(long)]
+        per_layer: bool,
+        #[arg(long, default_value = "llama")]
+        model_hint: String,
+    },
     /// Weighted sum of vectors: `-o OUT A.gguf:1 B.safetensors:0.5`.
     Combine {
         #[arg(short, long)]
@@ -163,6 +177,34 @@ pub fn run(a: Args) -> Result<()> {
                     "invalid --layers {layers}: no layer of {} would be left",
                     input.display()
                 );
+            }
+            write(&v, &output, &model_hint)?;
+        }
+        Cmd::Normalize {
+            input,
+            output,
+            norm,
+            per_layer,
+            model_hint,
+        } => {
+            if !(norm.is_finite() && norm > 0.0 && norm <= crate::args::MAX_MULTIPLIER) {
+                bail!("invalid --norm {norm}: must be > 0 and finite");
+            }
+            let mut v = bipo::io::read_vector(&input)?;
+            let total = v.norms().values().map(|n| n * n).sum::<f32>().sqrt();
+            for (l, d) in v.layers.iter_mut() {
+                let n = if per_layer {
+                    d.iter().map(|x| x * x).sum::<f32>().sqrt()
+                } else {
+                    total
+                };
+                if n == 0.0 {
+                    bail!(
+                        "{}: layer {l} is all zeros; it has no direction to rescale",
+                        input.display()
+                    );
+                }
+                d.iter_mut().for_each(|x| *x *= norm / n);
             }
             write(&v, &output, &model_hint)?;
         }
