@@ -17,6 +17,9 @@ struct Cli {
     /// RAYON_NUM_THREADS).
     #[arg(long, global = true, value_name = "N", value_parser = args::positive, env = "BIPO_THREADS")]
     threads: Option<usize>,
+    /// Print only results, warnings and errors (no progress or notes).
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
+    out::set_quiet(cli.quiet);
     if let Some(n) = cli.threads {
         // candle's own thread pool reads this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

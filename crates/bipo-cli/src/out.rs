@@ -68,11 +68,32 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::out::write_stdout(format_args!($($arg)*)) };
 }
 
-/// `eprintln!` that never panics.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--quiet`: from now on notes and progress are not written (warnings and errors are).
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes one line to standard error, ignoring failures; under `--quiet` only lines
+/// that start with `warning:` or `error:`.
+pub fn write_note(line: fmt::Arguments) {
+    let line = line.to_string();
+    if quiet() && !(line.starts_with("warning:") || line.starts_with("error:")) {
+        return;
+    }
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// `eprintln!` that never panics (and is silent under `--quiet`, except warnings and
+/// errors).
 #[macro_export]
 macro_rules! note {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        $crate::out::write_note(format_args!($($arg)*));
     }};
 }

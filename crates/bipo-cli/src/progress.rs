@@ -53,6 +53,13 @@ impl Progress {
     /// plain progress lines otherwise.
     pub fn new(len: u64, template: &str) -> Self {
         let now = Instant::now();
+        if crate::out::quiet() {
+            return Self {
+                bar: None,
+                lines: None,
+                start: now,
+            };
+        }
         if std::io::stderr().is_terminal() {
             let pb = ProgressBar::new(len);
             pb.set_style(

@@ -471,3 +471,35 @@ fn vectors_normalize_to_a_norm_whole_or_per_layer() {
     );
     assert!(stderr(&o).contains("invalid --norm 0"), "{}", stderr(&o));
 }
+
+#[test]
+fn quiet_keeps_warnings_and_results_and_drops_progress() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 4);
+    let out = d.path().join("run");
+    let o = bipo_env(
+        &[
+            "train",
+            "-q",
+            "-m",
+            &model(),
+            "--data",
+            data.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--threads",
+            "2",
+        ],
+        &[("BIPO_PROGRESS_SECS", "0")],
+    );
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.lines().all(|l| l.starts_with("warning:")), "{e}");
+    assert!(e.contains("warning:"), "the small-run warnings stay: {e}");
+    assert!(out.join("vector.safetensors").is_file());
+    // Errors still print under --quiet.
+    let o = bipo_env(&["inspect", "-q", "-m", "/nonexistent.gguf"], &[]);
+    assert!(stderr(&o).starts_with("error:"), "{}", stderr(&o));
+}
