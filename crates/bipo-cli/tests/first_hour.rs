@@ -503,3 +503,51 @@ fn quiet_keeps_warnings_and_results_and_drops_progress() {
     let o = bipo_env(&["inspect", "-q", "-m", "/nonexistent.gguf"], &[]);
     assert!(stderr(&o).starts_with("error:"), "{}", stderr(&o));
 }
+
+#[test]
+fn eval_labels_vectors_by_name_and_never_twice_the_same() {
+    let d = tempfile::tempdir().unwrap();
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let (a, b) = (d.path().join("run-a.gguf"), d.path().join("run-b.gguf"));
+    std::fs::copy(&happy, &a).unwrap();
+    std::fs::copy(&happy, &b).unwrap();
+    let ab = root().join("../shared/data/bipo/power-seeking/test_infer.csv");
+    let out = d.path().join("ev");
+    let spec = format!("{}:cheerful", happy.display());
+    let o = bipo_env(
+        &[
+            "eval",
+            "-m",
+            &model(),
+            "-v",
+            &spec,
+            "-v",
+            a.to_str().unwrap(),
+            "-v",
+            b.to_str().unwrap(),
+            "--data",
+            ab.to_str().unwrap(),
+            "--limit",
+            "2",
+            "--multipliers=0,1",
+            "--no-damage",
+            "--open-ended",
+            "0",
+            "-o",
+            out.to_str().unwrap(),
+            "--threads",
+            "2",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> = r["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cheerful", "run-a", "run-b"]);
+}

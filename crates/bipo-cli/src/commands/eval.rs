@@ -81,9 +81,16 @@ pub struct EvalFlags {
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Vector files to evaluate (any format); repeatable.
-    #[arg(long = "vector", short = 'v', value_name = "FILE", required = true)]
-    vectors: Vec<PathBuf>,
+    /// Vector files to evaluate (any format), optionally labelled: `FILE:NAME` names the
+    /// vector in the report (default: its metadata name; vectors that share a name are
+    /// told apart by file name); repeatable.
+    #[arg(
+        long = "vector",
+        short = 'v',
+        value_name = "FILE[:NAME]",
+        required = true
+    )]
+    vectors: Vec<String>,
     /// Layer for .pt vectors (which do not record it).
     #[arg(long)]
     layer: Option<usize>,
@@ -319,21 +326,65 @@ fn open_ended_answers(
     Ok(Some(summary))
 }
 
+/// Splits `FILE[:NAME]`: the suffix is a label unless the whole spec names a file.
+fn labelled(spec: &str) -> (PathBuf, Option<String>) {
+    match spec.rsplit_once(':') {
+        Some((file, name))
+            if !file.is_empty()
+                && !name.is_empty()
+                && !name.contains(['/', '\\'])
+                && !Path::new(spec).exists() =>
+        {
+            (PathBuf::from(file), Some(name.to_string()))
+        }
+        _ => (PathBuf::from(spec), None),
+    }
+}
+
+/// Gives vectors that share a name their file stem (then a number) instead.
+fn distinct_names(vectors: &mut [SteeringVector], paths: &[PathBuf], labelled: &[bool]) {
+    let count = |vs: &[SteeringVector], n: &str| vs.iter().filter(|v| v.meta.name == n).count();
+    for i in 0..vectors.len() {
+        if !labelled[i] && count(vectors, &vectors[i].meta.name.clone()) > 1 {
+            vectors[i].meta.name = paths[i]
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+        }
+    }
+    for i in 0..vectors.len() {
+        let name = vectors[i].meta.name.clone();
+        if vectors[..i].iter().any(|v| v.meta.name == name) {
+            let mut k = 2;
+            while count(vectors, &format!("{name}-{k}")) > 0 {
+                k += 1;
+            }
+            vectors[i].meta.name = format!("{name}-{k}");
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<()> {
+    let specs: Vec<(PathBuf, Option<String>)> = a.vectors.iter().map(|s| labelled(s)).collect();
     let mut inputs = vec![("--model", Path::new(&a.model.model))];
-    inputs.extend(a.vectors.iter().map(|v| ("--vector", v.as_path())));
+    inputs.extend(specs.iter().map(|(p, _)| ("--vector", p.as_path())));
     a.flags.check(&inputs, eval_writes)?;
     let lm = a.model.load()?;
-    let vectors = a
-        .vectors
+    let mut vectors = specs
         .iter()
-        .map(|p| {
-            let v = bipo::io::read_vector_at(p, a.layer)?;
+        .map(|(p, name)| {
+            let mut v = bipo::io::read_vector_at(p, a.layer)?;
             v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
                 .with_context(|| p.display().to_string())?;
+            if let Some(n) = name {
+                v.meta.name = n.clone();
+            }
             Ok(v)
         })
         .collect::<Result<Vec<_>>>()?;
+    let paths: Vec<PathBuf> = specs.iter().map(|(p, _)| p.clone()).collect();
+    let named: Vec<bool> = specs.iter().map(|(_, n)| n.is_some()).collect();
+    distinct_names(&mut vectors, &paths, &named);
     let title = a.flags.title.clone().unwrap_or_else(|| "bipo eval".into());
     let r = run_eval(&lm, &vectors, &a.flags, Vec::new(), &title)?;
     crate::outln!("{}", r.markdown())?;
