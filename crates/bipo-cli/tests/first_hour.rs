@@ -551,3 +551,59 @@ fn eval_labels_vectors_by_name_and_never_twice_the_same() {
         .collect();
     assert_eq!(names, ["cheerful", "run-a", "run-b"]);
 }
+
+#[test]
+fn eval_takes_a_layer_range() {
+    let d = tempfile::tempdir().unwrap();
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let ab = root().join("../shared/data/bipo/power-seeking/test_infer.csv");
+    let run = |range: &[&str], out: &str| {
+        let out = d.path().join(out);
+        let mut a = vec![
+            "eval",
+            "-m",
+            "",
+            "-v",
+            happy.to_str().unwrap(),
+            "--data",
+            ab.to_str().unwrap(),
+            "--limit",
+            "2",
+            "--multipliers=0,4",
+            "--no-damage",
+            "--open-ended",
+            "0",
+            "-o",
+            out.to_str().unwrap(),
+            "--threads",
+            "2",
+        ];
+        let m = model();
+        a[2] = &m;
+        a.extend_from_slice(range);
+        let o = bipo_env(&a, &[]);
+        (o.status.success(), stderr(&o), out)
+    };
+    let read = |out: &Path| -> (Vec<usize>, f64) {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let v = &r["vectors"][0];
+        let layers = v["norms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|l| l.parse::<usize>().unwrap())
+            .collect();
+        (layers, v["ab_probability"][1]["value"].as_f64().unwrap())
+    };
+    let (ok, e, full) = run(&[], "full");
+    assert!(ok, "{e}");
+    let (ok, e, part) = run(&["--layer-range", "10", "12"], "part");
+    assert!(ok, "{e}");
+    let ((lf, pf), (lp, pp)) = (read(&full), read(&part));
+    assert_eq!(lp, [10, 11, 12], "{lf:?}");
+    assert_ne!(pf, pp);
+    let (ok, e, _) = run(&["--layer-range", "0", "0"], "none");
+    assert!(!ok && e.contains("has no layer in it"), "{e}");
+}

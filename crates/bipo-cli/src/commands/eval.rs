@@ -94,6 +94,10 @@ pub struct Args {
     /// Layer for .pt vectors (which do not record it).
     #[arg(long)]
     layer: Option<usize>,
+    /// Evaluate only the vectors' layers from START to END (inclusive), like
+    /// llama.cpp's --control-vector-layer-range.
+    #[arg(long, num_args = 2, value_names = ["START", "END"])]
+    layer_range: Option<Vec<usize>>,
     #[command(flatten)]
     flags: EvalFlags,
 }
@@ -378,6 +382,19 @@ pub fn run(a: Args) -> Result<()> {
                 .with_context(|| p.display().to_string())?;
             if let Some(n) = name {
                 v.meta.name = n.clone();
+            }
+            if let Some(r) = &a.layer_range {
+                let (lo, hi) = (r[0], r[1]);
+                if lo > hi {
+                    anyhow::bail!("invalid --layer-range {lo} {hi}: START is after END");
+                }
+                v.layers.retain(|l, _| (lo..=hi).contains(l));
+                if v.layers.is_empty() {
+                    anyhow::bail!(
+                        "invalid --layer-range {lo} {hi}: {} has no layer in it",
+                        p.display()
+                    );
+                }
             }
             Ok(v)
         })
