@@ -161,59 +161,52 @@ pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize) -> Vec<f32> {
     dx
 }
 
-/// `x W^T` on a quantized weight; backward gives only the input gradient.
-struct QuantLinear(Arc<QBlocks>);
-
-/// The gradient op: `g W` (itself differentiable, for completeness of the graph).
-struct QuantLinearT(Arc<QBlocks>);
+/// `x W^T` on a quantized weight (`transposed`: the gradient product `g W`). Each is
+/// the other's backward, so the graph stays differentiable in its input; the weight,
+/// frozen, gets no gradient.
+struct QuantLinear {
+    w: Arc<QBlocks>,
+    transposed: bool,
+}
 
 impl CustomOp1 for QuantLinear {
     fn name(&self) -> &'static str {
-        "quant-linear"
+        if self.transposed {
+            "quant-linear-t"
+        } else {
+            "quant-linear"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(self.name(), s, l)?;
-        let (m, k) = l.shape().dims2()?;
-        let (n, wk) = self.0.dims();
-        if wk != k {
-            candle_core::bail!("quant-linear: input width {k} != weight columns {wk}");
+        let (m, width) = l.shape().dims2()?;
+        let (rows, cols) = self.w.dims();
+        // x W^T maps cols -> rows; g W maps rows -> cols.
+        let (expect, out) = if self.transposed {
+            (rows, cols)
+        } else {
+            (cols, rows)
+        };
+        if width != expect {
+            candle_core::bail!(
+                "{}: input width {width} != the weight's {expect}",
+                self.name()
+            );
         }
-        Ok((
-            CpuStorage::F32(matmul_t(&self.0, x, m)),
-            Shape::from((m, n)),
-        ))
+        let y = if self.transposed {
+            matmul_n(&self.w, x, m)
+        } else {
+            matmul_t(&self.w, x, m)
+        };
+        Ok((CpuStorage::F32(y), Shape::from((m, out))))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            grad.contiguous()?.apply_op1(QuantLinearT(self.0.clone()))?,
-        ))
-    }
-}
-
-impl CustomOp1 for QuantLinearT {
-    fn name(&self) -> &'static str {
-        "quant-linear-t"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(self.name(), s, l)?;
-        let (m, n) = l.shape().dims2()?;
-        let (wn, k) = self.0.dims();
-        if wn != n {
-            candle_core::bail!("quant-linear-t: gradient width {n} != weight rows {wn}");
-        }
-        Ok((
-            CpuStorage::F32(matmul_n(&self.0, g, m)),
-            Shape::from((m, k)),
-        ))
-    }
-
-    fn bwd(&self, _g: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            grad.contiguous()?.apply_op1(QuantLinear(self.0.clone()))?,
-        ))
+        Ok(Some(grad.contiguous()?.apply_op1(QuantLinear {
+            w: self.w.clone(),
+            transposed: !self.transposed,
+        })?))
     }
 }
 
@@ -222,10 +215,10 @@ pub fn quant_linear(x: &Tensor, w: &Arc<QBlocks>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims.last().expect("rank >= 1");
     let m = x.elem_count() / k;
-    let y = x
-        .reshape((m, k))?
-        .contiguous()?
-        .apply_op1(QuantLinear(w.clone()))?;
+    let y = x.reshape((m, k))?.contiguous()?.apply_op1(QuantLinear {
+        w: w.clone(),
+        transposed: false,
+    })?;
     let mut out = dims;
     *out.last_mut().expect("rank >= 1") = w.dims().0;
     Ok(y.reshape(out)?)
