@@ -101,6 +101,18 @@ pub fn parse_vector_spec(spec: &str) -> Result<(PathBuf, f32)> {
     Ok((PathBuf::from(spec), 1.0))
 }
 
+/// Keeps only `v`'s layers within `--layer-range START END` (`range` = [START, END],
+/// inclusive; clap gives exactly two). Returns whether any layer is left; the caller
+/// decides whether none is an error.
+pub fn keep_layer_range(v: &mut SteeringVector, range: &[usize]) -> Result<bool> {
+    let (a, b) = (range[0], range[1]);
+    if a > b {
+        bail!("invalid --layer-range {a} {b}: START is after END");
+    }
+    v.layers.retain(|l, _| (a..=b).contains(l));
+    Ok(!v.layers.is_empty())
+}
+
 /// Largest multiplier magnitude accepted: far beyond any useful steering strength
 /// (typical ones are below 20), small enough that the activations stay finite.
 pub const MAX_MULTIPLIER: f32 = 1e4;
@@ -123,16 +135,13 @@ impl SteerArgs {
                 let mut v = bipo::io::read_vector(&path)?;
                 v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
                     .with_context(|| format!("{}", path.display()))?;
-                if let Some(r) = &self.layer_range {
-                    let (a, b) = (r[0], r[1]);
-                    if a > b {
-                        bail!("invalid --layer-range {a} {b}: START is after END");
-                    }
-                    v.layers.retain(|l, _| (a..=b).contains(l));
-                    if v.layers.is_empty() {
+                if let Some(r) = self.layer_range.as_deref() {
+                    if !keep_layer_range(&mut v, r)? {
                         crate::note!(
-                            "note: {} has no layer in --layer-range {a} {b}; it steers nothing",
-                            path.display()
+                            "note: {} has no layer in --layer-range {} {}; it steers nothing",
+                            path.display(),
+                            r[0],
+                            r[1]
                         );
                     }
                 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bipo::baselines::{self, PairDiffs, PairReads, ReadAt};
+use bipo::baselines::{self, PairReads, ReadAt};
 use bipo::eval::ab;
 use bipo::load::LoadedModel;
 use bipo::text::ChatTemplate;
@@ -79,21 +79,8 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// Per-layer pair differences on `data` (A/B: at the letter; pairs: per `read_at`).
-pub fn differences(
-    lm: &LoadedModel,
-    template: &ChatTemplate,
-    data: &Path,
-    layers: &[usize],
-    read_at: ReadAt,
-    system: Option<&str>,
-    skip_invalid: bool,
-) -> Result<(PairDiffs, String)> {
-    let (reads, sha) = reads(lm, template, data, layers, read_at, system, skip_invalid)?;
-    Ok((baselines::differences_of(&reads), sha))
-}
-
-/// Per-layer activations of both responses on `data`, and the data's sha256.
+/// Per-layer activations of both responses on `data` (A/B: at the letter; pairs: per
+/// `read_at`), and the data's sha256.
 pub fn reads(
     lm: &LoadedModel,
     template: &ChatTemplate,

@@ -383,15 +383,12 @@ pub fn run(a: Args) -> Result<()> {
             if let Some(n) = name {
                 v.meta.name = n.clone();
             }
-            if let Some(r) = &a.layer_range {
-                let (lo, hi) = (r[0], r[1]);
-                if lo > hi {
-                    anyhow::bail!("invalid --layer-range {lo} {hi}: START is after END");
-                }
-                v.layers.retain(|l, _| (lo..=hi).contains(l));
-                if v.layers.is_empty() {
-                    anyhow::bail!(
-                        "invalid --layer-range {lo} {hi}: {} has no layer in it",
+            if let Some(r) = a.layer_range.as_deref() {
+                if !crate::args::keep_layer_range(&mut v, r)? {
+                    bail!(
+                        "invalid --layer-range {} {}: {} has no layer in it",
+                        r[0],
+                        r[1],
                         p.display()
                     );
                 }

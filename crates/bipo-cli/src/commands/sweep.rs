@@ -11,7 +11,7 @@ use bipo::eval::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH};
 use bipo::util::layers::LayerSpec;
 
 use crate::args::ModelArgs;
-use crate::commands::baseline::{differences, meta};
+use crate::commands::baseline::{meta, reads};
 use crate::commands::eval::bar;
 
 #[derive(clap::Args)]
@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         p
     };
     let template = crate::args::chat_template(&lm, a.template.as_deref())?;
-    let (diffs, _) = differences(
+    let (r, _) = reads(
         &lm,
         &template,
         &train,
@@ -109,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         None,
         false,
     )?;
+    let diffs = bipo::baselines::differences_of(&r);
     let mut items = ab::load_ab(&a.data)?;
     items.truncate(a.limit);
     let m = a.multiplier;
