@@ -470,6 +470,30 @@ fn vectors_normalize_to_a_norm_whole_or_per_layer() {
         &[],
     );
     assert!(stderr(&o).contains("invalid --norm 0"), "{}", stderr(&o));
+    // Normalising a file onto itself is refused before anything is written.
+    let copy = d.path().join("copy.gguf");
+    std::fs::copy(&happy, &copy).unwrap();
+    let o = bipo_env(
+        &[
+            "vector",
+            "normalize",
+            copy.to_str().unwrap(),
+            copy.to_str().unwrap(),
+            "--norm",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("refusing to overwrite an input"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&happy).unwrap()
+    );
 }
 
 #[test]

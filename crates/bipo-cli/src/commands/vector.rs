@@ -119,7 +119,8 @@ pub fn run(a: Args) -> Result<()> {
     match &a.cmd {
         Cmd::Convert { input, output, .. }
         | Cmd::Scale { input, output, .. }
-        | Cmd::Select { input, output, .. } => check_output(&[input], output)?,
+        | Cmd::Select { input, output, .. }
+        | Cmd::Normalize { input, output, .. } => check_output(&[input], output)?,
         Cmd::Combine { inputs, output, .. } => {
             let paths = inputs
                 .iter()
