@@ -30,6 +30,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Interactive chat; `/m X` changes the steering multiplier between turns.
     Chat(commands::chat::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API; each request brings its own steering.
+    Serve(commands::serve::Args),
     /// Show a model's architecture, sizes, tokenizer and chat template.
     Inspect(commands::inspect::Args),
     /// Measure prompt and decode speed with and without steering.
@@ -79,9 +81,18 @@ fn main() -> ExitCode {
     if let Some(n) = cli.threads {
         pool = pool.num_threads(n);
     }
-    let result = match pool.build() {
-        Ok(pool) => pool.install(|| run(cli.command)),
-        Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
+    let result = if matches!(cli.command, Command::Serve(_)) {
+        // The server's engine moves each step onto the global pool itself (a blocked
+        // main closure would hold one of its workers for the server's lifetime).
+        match pool.build_global() {
+            Ok(()) => run(cli.command),
+            Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
+        }
+    } else {
+        match pool.build() {
+            Ok(pool) => pool.install(|| run(cli.command)),
+            Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Generate(a) => commands::generate::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Chat(a) => commands::chat::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Bench(a) => commands::bench::run(a),

@@ -217,6 +217,125 @@ fn stop_holdback(text: &str, stops: &[String]) -> usize {
         .unwrap_or(0)
 }
 
+/// The sampling and stopping state of one generation, fed one logits row at a time:
+/// shared by [`generate`] and the batched engine ([`crate::engine`]), so both choose
+/// the same tokens, report the same events and stop at the same place.
+pub struct Decoder {
+    opts: GenerateOptions,
+    rng: rand::rngs::StdRng,
+    context: Vec<u32>,
+    generated: Vec<u32>,
+    /// Bytes of visible text already reported.
+    emitted: usize,
+    visible: String,
+    finish: Option<FinishReason>,
+    max_context: usize,
+}
+
+impl Decoder {
+    /// A decoder for a continuation of `prompt`; `max_context` is the model's.
+    pub fn new(prompt: &[u32], opts: &GenerateOptions, max_context: usize) -> Result<Self> {
+        opts.sampling.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "it is empty (no tokens)"));
+        }
+        Ok(Self {
+            opts: opts.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(opts.sampling.seed),
+            context: prompt.to_vec(),
+            generated: Vec::new(),
+            emitted: 0,
+            visible: String::new(),
+            finish: (opts.max_tokens == 0).then_some(FinishReason::Length),
+            max_context,
+        })
+    }
+
+    /// Chooses the next token from `logits` (the distribution after the last token)
+    /// and reports it. Afterwards [`Self::finished`] says whether generation ended;
+    /// if not, [`Self::last_token`] is the token to feed the model next.
+    pub fn push(&mut self, tokenizer: &Tokenizer, logits: &[f32]) -> Result<TokenEvent> {
+        if self.finish.is_some() {
+            return Err(Error::invalid("generation", "it has already finished"));
+        }
+        crate::util::check_finite(
+            &format!("the logits of generated token {}", self.generated.len() + 1),
+            logits,
+        )?;
+        let opts = &self.opts;
+        let next = sample(logits, &self.context, &opts.sampling, &mut self.rng);
+        let lp = log_softmax(logits);
+        let top = top_k_indices(&lp, opts.top_logprobs)
+            .into_iter()
+            .map(|i| (i as u32, lp[i]))
+            .collect();
+        let is_eos = tokenizer.eos_token_ids().contains(&next);
+        self.generated.push(next);
+        self.context.push(next);
+        self.visible = tokenizer.decode(&self.generated, true)?;
+        let stop_at = opts
+            .stop_strings
+            .iter()
+            .filter_map(|s| self.visible.find(s.as_str()))
+            .min();
+        if let Some(cut) = stop_at {
+            self.visible.truncate(cut);
+        }
+        let done = stop_at.is_some() || (is_eos && opts.stop_at_eos);
+        let ready = if done {
+            self.visible.len()
+        } else {
+            // Hold back a partial UTF-8 character and anything that may begin a stop string.
+            let trimmed = self.visible.trim_end_matches('\u{FFFD}').len();
+            trimmed - stop_holdback(&self.visible[..trimmed], &opts.stop_strings)
+        };
+        let text_delta = if ready > self.emitted {
+            let d = self.visible[self.emitted..ready].to_string();
+            self.emitted = ready;
+            d
+        } else {
+            String::new()
+        };
+        self.finish = if stop_at.is_some() {
+            Some(FinishReason::Stop)
+        } else if is_eos && opts.stop_at_eos {
+            Some(FinishReason::Eos)
+        } else if self.generated.len() >= opts.max_tokens || self.context.len() >= self.max_context
+        {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        Ok(TokenEvent {
+            id: next,
+            text: tokenizer.token_text(next)?,
+            logprob: lp[next as usize],
+            top,
+            text_delta,
+        })
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// The token chosen last (to feed the model next).
+    pub fn last_token(&self) -> Option<u32> {
+        self.generated.last().copied()
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// The visible text so far (special tokens dropped, cut at a stop string).
+    pub fn text(&self) -> &str {
+        &self.visible
+    }
+}
+
 /// Generates a continuation of `prompt` (token ids) under `steering`, calling
 /// `on_token` for every token as it is produced.
 pub fn generate(
@@ -227,17 +346,9 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(&TokenEvent) -> Result<()>,
 ) -> Result<Generation> {
-    opts.sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::invalid("prompt", "it is empty (no tokens)"));
-    }
+    let mut dec = Decoder::new(prompt, opts, model.max_context())?;
     let device = model.device();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.sampling.seed);
     let mut cache = KvCache::new(model);
-    let mut context = prompt.to_vec();
-    let mut generated: Vec<u32> = Vec::new();
-    let mut emitted = 0usize; // bytes of visible text already reported
-    let mut finish = FinishReason::Length;
     let start = Instant::now();
     let unsteered = Steering::none();
     let (prompt_steering, decode_steering) = (
@@ -263,64 +374,12 @@ pub fn generate(
     )?;
     let prompt_seconds = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
-    let mut visible = String::new();
-    for _ in 0..opts.max_tokens {
+    while dec.finished().is_none() {
         let row: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        crate::util::check_finite(
-            &format!("the logits of generated token {}", generated.len() + 1),
-            &row,
-        )?;
-        let next = sample(&row, &context, &opts.sampling, &mut rng);
-        let lp = log_softmax(&row);
-        let top = top_k_indices(&lp, opts.top_logprobs)
-            .into_iter()
-            .map(|i| (i as u32, lp[i]))
-            .collect();
-        let is_eos = tokenizer.eos_token_ids().contains(&next);
-        generated.push(next);
-        context.push(next);
-        visible = tokenizer.decode(&generated, true)?;
-        let stop_at = opts
-            .stop_strings
-            .iter()
-            .filter_map(|s| visible.find(s.as_str()))
-            .min();
-        if let Some(cut) = stop_at {
-            visible.truncate(cut);
-        }
-        let done = stop_at.is_some() || (is_eos && opts.stop_at_eos);
-        let ready = if done {
-            visible.len()
-        } else {
-            // Hold back a partial UTF-8 character and anything that may begin a stop string.
-            let trimmed = visible.trim_end_matches('\u{FFFD}').len();
-            trimmed - stop_holdback(&visible[..trimmed], &opts.stop_strings)
+        on_token(&dec.push(tokenizer, &row)?)?;
+        let Some(next) = dec.last_token().filter(|_| dec.finished().is_none()) else {
+            break;
         };
-        let text_delta = if ready > emitted {
-            let d = visible[emitted..ready].to_string();
-            emitted = ready;
-            d
-        } else {
-            String::new()
-        };
-        on_token(&TokenEvent {
-            id: next,
-            text: tokenizer.token_text(next)?,
-            logprob: lp[next as usize],
-            top,
-            text_delta,
-        })?;
-        if stop_at.is_some() {
-            finish = FinishReason::Stop;
-            break;
-        }
-        if is_eos && opts.stop_at_eos {
-            finish = FinishReason::Eos;
-            break;
-        }
-        if context.len() >= model.max_context() {
-            break;
-        }
         let ids = Tensor::new(&[next], device)?.unsqueeze(0)?;
         logits = model.forward(
             &ids,
@@ -332,9 +391,9 @@ pub fn generate(
         )?;
     }
     Ok(Generation {
-        ids: generated,
-        text: visible,
-        finish_reason: finish,
+        ids: dec.generated,
+        text: dec.visible,
+        finish_reason: dec.finish.unwrap_or(FinishReason::Length),
         prompt_tokens: prompt.len(),
         prompt_seconds,
         decode_seconds: decode_start.elapsed().as_secs_f64(),

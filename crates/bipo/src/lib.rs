@@ -24,6 +24,7 @@
 pub mod bake;
 pub mod baselines;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;

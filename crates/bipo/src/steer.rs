@@ -89,7 +89,7 @@ impl Steering {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let deltas = sums(vectors)
+        let deltas = deltas_of(vectors)
             .into_iter()
             .map(|(l, d)| {
                 let n = d.len();
@@ -107,15 +107,33 @@ impl Steering {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let per: Vec<BTreeMap<usize, Vec<f32>>> = rows.iter().map(|v| sums(v)).collect();
+        let per: Vec<BTreeMap<usize, Vec<f32>>> = rows.iter().map(|v| deltas_of(v)).collect();
+        let refs: Vec<&BTreeMap<usize, Vec<f32>>> = per.iter().collect();
+        Self::from_row_deltas(&refs, hidden, device, dtype)
+    }
+
+    /// Per-row steering from ready sums (see [`deltas_of`]): row i adds `rows[i]`'s
+    /// delta at each of its layers, zeros at the layers only other rows steer.
+    pub fn from_row_deltas(
+        rows: &[&BTreeMap<usize, Vec<f32>>],
+        hidden: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let layers: std::collections::BTreeSet<usize> =
-            per.iter().flat_map(|m| m.keys().copied()).collect();
+            rows.iter().flat_map(|m| m.keys().copied()).collect();
         let b = rows.len();
         let mut deltas = BTreeMap::new();
         for l in layers {
             let mut d = vec![0f32; b * hidden];
-            for (i, m) in per.iter().enumerate() {
+            for (i, m) in rows.iter().enumerate() {
                 if let Some(v) = m.get(&l) {
+                    if v.len() != hidden {
+                        return Err(Error::invalid(
+                            "steering",
+                            format!("a layer-{l} delta of width {}, model has {hidden}", v.len()),
+                        ));
+                    }
                     d[i * hidden..(i + 1) * hidden].copy_from_slice(v);
                 }
             }
@@ -125,6 +143,27 @@ impl Steering {
             );
         }
         Ok(Self { deltas, mask: None })
+    }
+
+    /// Batch row `i` of this steering alone (a batch of one): per-row deltas and the
+    /// mask are narrowed to that row, shared deltas stay.
+    pub fn row(&self, i: usize) -> Result<Self> {
+        let deltas = self
+            .deltas
+            .iter()
+            .map(|(l, d)| {
+                Ok((
+                    *l,
+                    if d.rank() == 3 {
+                        d.narrow(0, i, 1)?
+                    } else {
+                        d.clone()
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mask = self.mask.as_ref().map(|m| m.narrow(0, i, 1)).transpose()?;
+        Ok(Self { deltas, mask })
     }
 
     /// Steering from ready-made delta tensors (e.g. a trainable `Var` times a sign).
@@ -226,8 +265,8 @@ impl Steering {
     }
 }
 
-/// `sum_i m_i v_i` per layer, leaving out multiplier-0 vectors.
-fn sums(vectors: &[(SteeringVector, f32)]) -> BTreeMap<usize, Vec<f32>> {
+/// `sum_i m_i v_i` per layer, leaving out multiplier-0 vectors: the deltas one row adds.
+pub fn deltas_of(vectors: &[(SteeringVector, f32)]) -> BTreeMap<usize, Vec<f32>> {
     let mut sums: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     for (v, m) in vectors.iter().filter(|(_, m)| *m != 0.0) {
         for (&layer, dir) in &v.layers {

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod eval;
 pub mod generate;
 pub mod inspect;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 pub mod vector;

@@ -32,6 +32,18 @@ impl KvLayer {
     pub fn reset(&mut self) {
         *self = Self::default();
     }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let hd = self.k.first().map_or(0, |k| k.len() / self.len.max(1));
+        for x in self.k.iter_mut().chain(self.v.iter_mut()) {
+            x.truncate(len * hd);
+        }
+        self.len = len;
+    }
 }
 
 /// Shapes and tables for one call.

@@ -242,6 +242,64 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// One decode step of independent sequences on the CPU f32 path: row i of xs
+    /// (b, 1, hidden) is one token at `positions[i]`, attending over `caches[i]`. The
+    /// projections run batched (each weight is streamed once for all rows); the
+    /// attention runs per row, rows in parallel.
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        positions: &[usize],
+        (global, local): (&Rope, Option<&Rope>),
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let b = xs.dim(0)?;
+        let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let rope = match (self.local_rope, local) {
+            (true, Some(r)) => r,
+            _ => global,
+        };
+        let flat = |x: Tensor| -> Result<Vec<f32>> { Ok(x.flatten_all()?.to_vec1::<f32>()?) };
+        let mut q = flat(self.q_proj.forward(xs, Mode::Fast)?)?; // (b, h*hd)
+        let mut k = flat(self.k_proj.forward(xs, Mode::Fast)?)?; // (b, kvh*hd)
+        let v = flat(self.v_proj.forward(xs, Mode::Fast)?)?;
+        let norm = |n: &Option<RmsNorm>| -> Result<Option<(Vec<f32>, f32)>> {
+            n.as_ref()
+                .map(|n| Ok((n.weight_f32()?, n.eps() as f32)))
+                .transpose()
+        };
+        let (qn, kn) = (norm(&self.q_norm)?, norm(&self.k_norm)?);
+        let shape = attention_cpu::AttnShape {
+            batch: 1,
+            t: 1,
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            cos: &rope.cos_f32,
+            sin: &rope.sin_f32,
+            window: self.window,
+            scale: self.scale as f32,
+            softcap: self.softcap.map(|c| c as f32),
+            q_norm: qn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
+            k_norm: kn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
+        };
+        let rows: Vec<Vec<f32>> = q
+            .par_chunks_mut(h * hd)
+            .zip(k.par_chunks_mut(kvh * hd))
+            .zip(v.par_chunks(kvh * hd))
+            .zip(caches.par_iter_mut())
+            .zip(positions.par_iter())
+            .map(|((((q, k), v), c), &pos)| {
+                attention_cpu::attention(&shape, q, k, v, pos, &mut c.fast)
+            })
+            .collect();
+        let out = Tensor::from_vec(rows.concat(), (b, 1, h * hd), xs.device())?;
+        self.o_proj.forward(&out, Mode::Fast)
+    }
+}
+
 /// One layer's KV cache: f32 for the fused CPU path, candle tensors otherwise.
 #[derive(Debug)]
 pub struct LayerCache {

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::attention::{Attention, LayerCache, StepCtx};
 pub use super::config::{Activation, DecoderConfig};
+use super::rope::Rope;
 use crate::error::{Error, Result};
 use crate::kernels::quant::{QBlocks, QBlocksMatMul};
 
@@ -276,9 +277,32 @@ impl Block {
         ctx: &StepCtx,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
-        let mode = ctx.mode;
+        self.forward_with(xs, ctx.mode, |h| self.self_attn.forward(h, ctx, cache))
+    }
+
+    /// One decode step of independent sequences: row i of xs (b, 1, hidden) is the
+    /// next token of the sequence cached in `caches[i]`, at position `positions[i]`.
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        positions: &[usize],
+        ropes: (&Rope, Option<&Rope>),
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        self.forward_with(xs, Mode::Fast, |h| {
+            self.self_attn.forward_rows(h, positions, ropes, caches)
+        })
+    }
+
+    /// The block around a given attention call.
+    fn forward_with(
+        &self,
+        xs: &Tensor,
+        mode: Mode,
+        attention: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(xs, mode)?;
-        let mut h = self.self_attn.forward(&h, ctx, cache)?;
+        let mut h = attention(&h)?;
         if let Some(n) = &self.post_attention_norm {
             h = n.forward(&h, mode)?;
         }

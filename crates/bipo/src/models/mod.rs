@@ -8,6 +8,7 @@
 //! reading, a header doc listing its traits) plus one row in [`ARCHITECTURES`].
 
 pub mod attention;
+mod batch;
 pub mod config;
 pub mod gemma2;
 pub mod gemma3;
@@ -128,6 +129,27 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Forgets every position from `len` on (undoes a step that failed part-way).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        for c in &mut self.layers {
+            if c.candle.current_seq_len() > 0 {
+                if len > 0 {
+                    return Err(Error::invalid(
+                        "KV cache",
+                        "this device's cache cannot be shortened, only reset",
+                    ));
+                }
+                c.candle.reset();
+            }
+            c.fast.truncate(len);
+        }
+        self.len = len;
+        Ok(())
     }
 
     /// Forgets every position.

@@ -1,0 +1,510 @@
+//! A batching generation engine: many requests, each with its own steering, decode
+//! together in one forward pass per step (continuous batching).
+//!
+//! The engine owns one thread (each step runs on the rayon pool). Requests ([`Job`]) queue in a bounded channel; between
+//! decode steps the engine admits queued jobs up to `max_batch` active sequences,
+//! prefills new prompts in chunks of at most `prefill_chunk` tokens per step (so a long
+//! prompt does not stall the others), then runs one [`Model::decode_rows`] step for every
+//! sequence that is generating, each row with its own steering delta. Every sequence
+//! has its own KV cache, freed when it finishes or its client goes away.
+//!
+//! No async runtime and no HTTP here: results go to a [`Sink`], which the server
+//! implements over its channels.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::generate::{Decoder, FinishReason, GenerateOptions, TokenEvent};
+use crate::load::LoadedModel;
+use crate::models::{KvCache, Mode};
+use crate::steer::{deltas_of, Positions, Steering};
+use crate::vector::SteeringVector;
+
+/// Engine limits.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences decoding together at most.
+    pub max_batch: usize,
+    /// Jobs waiting for a slot at most; [`Engine::submit`] refuses more.
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step at most (over all new sequences).
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 32,
+            max_queue: 256,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+/// What the engine reports for one job.
+#[derive(Debug)]
+pub enum Event {
+    Token(TokenEvent),
+    /// The job ended; no event follows.
+    Done(Summary),
+    /// The job failed: its input (e.g. a steering vector that drove the activations to
+    /// overflow), or, when `internal`, a bug in the engine.
+    Failed {
+        message: String,
+        internal: bool,
+    },
+}
+
+/// How a job ended.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub text: String,
+    /// From admission to the first generated token.
+    pub first_token_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// Where a job's events go.
+pub trait Sink: Send {
+    /// Delivers one event; false when the receiver is gone (the job is cancelled).
+    fn send(&mut self, ev: Event) -> bool;
+    /// Whether the receiver is gone (checked before every step).
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+/// One steering entry of a request: a vector, its multiplier and where it applies.
+pub type SteeringEntry = (Arc<SteeringVector>, f32, Positions);
+
+/// One generation request.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    /// The deltas added while the prompt is prefilled and while tokens are generated.
+    pub prompt_deltas: BTreeMap<usize, Vec<f32>>,
+    pub decode_deltas: BTreeMap<usize, Vec<f32>>,
+    /// Sampling and stopping (its `positions` is not used: see the deltas).
+    pub opts: GenerateOptions,
+    pub sink: Box<dyn Sink>,
+}
+
+impl Job {
+    /// A job whose steering is the sum of `entries`, each at its own positions.
+    pub fn new(
+        prompt: Vec<u32>,
+        entries: &[SteeringEntry],
+        opts: GenerateOptions,
+        sink: Box<dyn Sink>,
+    ) -> Self {
+        let at = |keep: fn(Positions) -> bool| {
+            let v: Vec<(SteeringVector, f32)> = entries
+                .iter()
+                .filter(|(_, _, p)| keep(*p))
+                .map(|(v, m, _)| ((**v).clone(), *m))
+                .collect();
+            deltas_of(&v)
+        };
+        Self {
+            prompt,
+            prompt_deltas: at(Positions::prompt),
+            decode_deltas: at(Positions::generated),
+            opts,
+            sink,
+        }
+    }
+}
+
+/// Counters the server exports.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub queued: AtomicUsize,
+    pub active: AtomicUsize,
+    pub decode_steps: AtomicU64,
+    /// Sum over decode steps of the rows in the step.
+    pub decode_rows: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    /// Histogram of rows per decode step: counts for 1, 2, 3-4, 5-8, ..., >256.
+    pub batch_hist: [AtomicU64; 10],
+}
+
+impl EngineStats {
+    /// Upper bounds of [`Self::batch_hist`]'s buckets (the last is +Inf).
+    pub const BATCH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+    fn record_batch(&self, rows: usize) {
+        let i = Self::BATCH_BUCKETS
+            .iter()
+            .position(|&b| rows <= b)
+            .unwrap_or(Self::BATCH_BUCKETS.len());
+        self.batch_hist[i].fetch_add(1, Ordering::Relaxed);
+        self.decode_steps.fetch_add(1, Ordering::Relaxed);
+        self.decode_rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// Why [`Engine::submit`] refused a job.
+#[derive(Debug)]
+pub enum SubmitError {
+    QueueFull,
+    ShuttingDown,
+}
+
+/// Handle to the engine. Dropping it (or [`Engine::shutdown`]) lets the loop finish
+/// every admitted and queued job, then stop.
+pub struct Engine {
+    tx: Option<SyncSender<Job>>,
+    stats: Arc<EngineStats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn start(lm: Arc<LoadedModel>, cfg: EngineConfig) -> Self {
+        let (tx, rx) = mpsc::sync_channel(cfg.max_queue.max(1));
+        let stats = Arc::new(EngineStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("bipo-engine".into())
+            .spawn(move || Worker::new(lm, cfg, st).run(rx))
+            .expect("spawning the engine thread");
+        Self {
+            tx: Some(tx),
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a job; refused when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+        let tx = self.tx.as_ref().ok_or(SubmitError::ShuttingDown)?;
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        tx.try_send(job).map_err(|e| {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => SubmitError::QueueFull,
+                TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+            }
+        })
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Stops taking jobs, finishes the ones taken, and waits for the loop to end.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One admitted sequence.
+struct Seq {
+    job: Job,
+    cache: KvCache,
+    decoder: Decoder,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    admitted: Instant,
+    first_token: Option<f64>,
+}
+
+impl Seq {
+    fn generating(&self) -> bool {
+        self.prefilled == self.job.prompt.len()
+    }
+}
+
+struct Worker {
+    lm: Arc<LoadedModel>,
+    cfg: EngineConfig,
+    stats: Arc<EngineStats>,
+    active: Vec<Seq>,
+}
+
+impl Worker {
+    fn new(lm: Arc<LoadedModel>, cfg: EngineConfig, stats: Arc<EngineStats>) -> Self {
+        Self {
+            lm,
+            cfg,
+            stats,
+            active: Vec::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut open = true;
+        loop {
+            // Admit: block for work when idle, else take what is waiting.
+            if self.active.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(job) => self.admit(job),
+                    Err(_) => return,
+                }
+            }
+            while open && self.active.len() < self.cfg.max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(job) => self.admit(job),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.active.retain(|s| !s.job.sink.is_closed());
+            // Each step runs on a worker of the rayon pool (`scope` moves it there), so
+            // the many parallel loops of a forward pass share the pool by work stealing
+            // instead of each waking it from outside; idle waits stay off the pool.
+            let step = catch_unwind(AssertUnwindSafe(|| {
+                rayon::scope(|_| {
+                    self.prefill_step();
+                    self.decode_step();
+                })
+            }));
+            if step.is_err() {
+                // A bug, not bad input; fail what is running and keep serving.
+                for mut s in self.active.drain(..) {
+                    s.job.sink.send(Event::Failed {
+                        message: "internal error in the engine".into(),
+                        internal: true,
+                    });
+                }
+            }
+            self.stats
+                .active
+                .store(self.active.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn admit(&mut self, mut job: Job) {
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let max = self.lm.model.max_context();
+        match Decoder::new(&job.prompt, &job.opts, max) {
+            Ok(_) if job.opts.max_tokens == 0 => {
+                job.sink.send(Event::Done(Summary {
+                    finish_reason: FinishReason::Length,
+                    prompt_tokens: job.prompt.len(),
+                    completion_tokens: 0,
+                    text: String::new(),
+                    first_token_seconds: 0.0,
+                    total_seconds: 0.0,
+                }));
+            }
+            Ok(decoder) if job.prompt.len() < max => {
+                self.stats
+                    .prompt_tokens
+                    .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                self.active.push(Seq {
+                    cache: KvCache::new(&self.lm.model),
+                    decoder,
+                    prefilled: 0,
+                    admitted: Instant::now(),
+                    first_token: None,
+                    job,
+                });
+            }
+            Ok(_) => {
+                job.sink.send(Event::Failed {
+                    message: format!(
+                        "the prompt has {} tokens; the model's context is {max}",
+                        job.prompt.len()
+                    ),
+                    internal: false,
+                });
+            }
+            Err(e) => {
+                job.sink.send(Event::Failed {
+                    message: e.to_string(),
+                    internal: false,
+                });
+            }
+        }
+        self.stats
+            .active
+            .store(self.active.len(), Ordering::Relaxed);
+    }
+
+    /// Prefills up to `prefill_chunk` prompt tokens, oldest sequences first.
+    fn prefill_step(&mut self) {
+        let mut budget = self.cfg.prefill_chunk.max(1);
+        let lm = self.lm.clone();
+        let mut i = 0;
+        while i < self.active.len() && budget > 0 {
+            if self.active[i].generating() {
+                i += 1;
+                continue;
+            }
+            let s = &mut self.active[i];
+            let (from, len) = (s.prefilled, s.job.prompt.len());
+            let n = (len - from).min(budget);
+            budget -= n;
+            let r = (|| -> Result<Option<Vec<f32>>> {
+                let m = &lm.model;
+                let steering = Steering::from_row_deltas(
+                    &[&s.job.prompt_deltas],
+                    m.hidden_size(),
+                    m.device(),
+                    m.dtype(),
+                )?;
+                let ids = Tensor::new(&s.job.prompt[from..from + n], m.device())?.unsqueeze(0)?;
+                let logits = m.forward(
+                    &ids,
+                    from,
+                    Some(&mut s.cache),
+                    &steering,
+                    Some(1),
+                    Mode::Fast,
+                )?;
+                s.prefilled += n;
+                Ok(if s.generating() {
+                    Some(logits.flatten_all()?.to_vec1()?)
+                } else {
+                    None
+                })
+            })();
+            let keep = match r {
+                Ok(Some(row)) => self.emit(i, &row),
+                Ok(None) => true,
+                Err(e) => {
+                    self.active[i].job.sink.send(Event::Failed {
+                        message: e.to_string(),
+                        internal: false,
+                    });
+                    false
+                }
+            };
+            if keep {
+                i += 1;
+            } else {
+                self.active.remove(i);
+            }
+        }
+    }
+
+    /// One batched decode step over every generating sequence.
+    fn decode_step(&mut self) {
+        let rows: Vec<usize> = (0..self.active.len())
+            .filter(|&i| self.active[i].generating())
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        self.stats.record_batch(rows.len());
+        let logits = match self.decode(&rows) {
+            Ok(l) => l,
+            Err(_) if rows.len() > 1 => {
+                // Undo the partial step and run the rows alone, so one request whose
+                // steering overflows fails alone.
+                let mut out = Vec::new();
+                for &i in &rows {
+                    let s = &mut self.active[i];
+                    let len = s.job.prompt.len() + s.decoder.generated().len() - 1;
+                    out.push(s.cache.truncate(len).and_then(|_| self.decode(&[i])));
+                }
+                return self
+                    .finish_rows(&rows, out.into_iter().map(|r| r.map(|mut v| v.remove(0))));
+            }
+            Err(e) => return self.finish_rows(&rows, std::iter::once(Err(e))),
+        };
+        self.finish_rows(&rows, logits.into_iter().map(Ok));
+    }
+
+    /// Feeds each row's last token; returns each row's next-token logits.
+    fn decode(&mut self, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let m = &self.lm.model;
+        let mut tokens = Vec::with_capacity(rows.len());
+        let mut deltas = Vec::with_capacity(rows.len());
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(rows.len());
+        for (i, s) in self.active.iter_mut().enumerate() {
+            if rows.contains(&i) {
+                tokens.push(s.decoder.last_token().ok_or_else(|| {
+                    Error::invalid("decode", "a generating sequence without a token")
+                })?);
+                deltas.push(&s.job.decode_deltas);
+                caches.push(&mut s.cache);
+            }
+        }
+        let steering = Steering::from_row_deltas(&deltas, m.hidden_size(), m.device(), m.dtype())?;
+        let logits = m.decode_rows(&tokens, &mut caches, &steering)?;
+        Ok(logits.to_vec2()?)
+    }
+
+    fn finish_rows(&mut self, rows: &[usize], logits: impl Iterator<Item = Result<Vec<f32>>>) {
+        let mut drop = Vec::new();
+        for (&i, r) in rows.iter().zip(logits) {
+            let keep = match r {
+                Ok(row) => self.emit(i, &row),
+                Err(e) => {
+                    self.active[i].job.sink.send(Event::Failed {
+                        message: e.to_string(),
+                        internal: false,
+                    });
+                    false
+                }
+            };
+            if !keep {
+                drop.push(i);
+            }
+        }
+        for i in drop.into_iter().rev() {
+            self.active.remove(i);
+        }
+    }
+
+    /// Samples sequence i's next token from `logits` and reports it; false when the
+    /// sequence is over (finished, failed or cancelled).
+    fn emit(&mut self, i: usize, logits: &[f32]) -> bool {
+        let s = &mut self.active[i];
+        let ev = match s.decoder.push(&self.lm.tokenizer, logits) {
+            Ok(ev) => ev,
+            Err(e) => {
+                s.job.sink.send(Event::Failed {
+                    message: e.to_string(),
+                    internal: false,
+                });
+                return false;
+            }
+        };
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        let now = s.admitted.elapsed().as_secs_f64();
+        let first = *s.first_token.get_or_insert(now);
+        if !s.job.sink.send(Event::Token(ev)) {
+            return false;
+        }
+        let Some(finish_reason) = s.decoder.finished() else {
+            return true;
+        };
+        s.job.sink.send(Event::Done(Summary {
+            finish_reason,
+            prompt_tokens: s.job.prompt.len(),
+            completion_tokens: s.decoder.generated().len(),
+            text: s.decoder.text().to_string(),
+            first_token_seconds: first,
+            total_seconds: now,
+        }));
+        false
+    }
+}
