@@ -36,6 +36,8 @@ enum Command {
     Inspect(commands::inspect::Args),
     /// Measure prompt and decode speed with and without steering.
     Bench(commands::bench::Args),
+    /// Load-test an OpenAI-compatible server (bipo's or llama.cpp's): tokens/s, latency, first token.
+    BenchServe(commands::bench_serve::Args),
     /// Time BiPO training steps: bipo's algorithm beside the reference algorithm.
     BenchTrain(commands::bench_train::Args),
     /// Fold steering vectors into a model GGUF (llama architecture).
@@ -111,6 +113,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Vector(a) => commands::vector::run(a),
         Command::Bake(a) => commands::bake::run(a),
         Command::BenchTrain(a) => commands::bench_train::run(a),
+        Command::BenchServe(a) => commands::bench_serve::run(a),
         Command::Baseline(a) => commands::baseline::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Report { dir } => bipo::eval::report::Report::read(&dir)

@@ -160,6 +160,20 @@ impl Metrics {
         }
         g(
             &mut o,
+            "bipo_engine_seconds_total",
+            "counter",
+            "Engine time by phase: prefill, batched decode forwards, sampling and reporting.",
+        );
+        for (phase, us) in [
+            ("prefill", &e.prefill_us),
+            ("decode", &e.decode_us),
+            ("sample", &e.sample_us),
+        ] {
+            let s = load(us) as f64 * 1e-6;
+            let _ = writeln!(o, "bipo_engine_seconds_total{{phase=\"{phase}\"}} {s}");
+        }
+        g(
+            &mut o,
             "bipo_batch_size",
             "histogram",
             "Rows per decode step.",

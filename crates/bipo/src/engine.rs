@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::generate::{Decoder, FinishReason, GenerateOptions, TokenEvent};
@@ -136,6 +137,15 @@ pub struct EngineStats {
     pub generated_tokens: AtomicU64,
     /// Histogram of rows per decode step: counts for 1, 2, 3-4, 5-8, ..., >256.
     pub batch_hist: [AtomicU64; 10],
+    /// Microseconds spent prefilling, in batched decode forwards, and sampling/reporting.
+    pub prefill_us: AtomicU64,
+    pub decode_us: AtomicU64,
+    pub sample_us: AtomicU64,
+}
+
+/// Adds the time since `t` to `counter` (microseconds).
+fn add_us(counter: &AtomicU64, t: Instant) {
+    counter.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
 impl EngineStats {
@@ -222,6 +232,8 @@ impl Drop for Engine {
 
 /// One admitted sequence.
 struct Seq {
+    /// Unique per admitted job (keys the cached batch steering).
+    id: u64,
     job: Job,
     cache: KvCache,
     decoder: Decoder,
@@ -242,6 +254,10 @@ struct Worker {
     cfg: EngineConfig,
     stats: Arc<EngineStats>,
     active: Vec<Seq>,
+    admitted: u64,
+    /// The last decode step's rows (sequence ids) and their steering: reused while the
+    /// batch does not change, which is most steps.
+    batch_steering: Option<(Vec<u64>, Steering)>,
 }
 
 impl Worker {
@@ -251,6 +267,8 @@ impl Worker {
             cfg,
             stats,
             active: Vec::new(),
+            admitted: 0,
+            batch_steering: None,
         }
     }
 
@@ -280,7 +298,9 @@ impl Worker {
             // instead of each waking it from outside; idle waits stay off the pool.
             let step = catch_unwind(AssertUnwindSafe(|| {
                 rayon::scope(|_| {
+                    let t = Instant::now();
                     self.prefill_step();
+                    add_us(&self.stats.prefill_us, t);
                     self.decode_step();
                 })
             }));
@@ -317,7 +337,9 @@ impl Worker {
                 self.stats
                     .prompt_tokens
                     .fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
+                self.admitted += 1;
                 self.active.push(Seq {
+                    id: self.admitted,
                     cache: KvCache::new(&self.lm.model),
                     decoder,
                     prefilled: 0,
@@ -413,23 +435,31 @@ impl Worker {
             return;
         }
         self.stats.record_batch(rows.len());
-        let logits = match self.decode(&rows) {
+        let t = Instant::now();
+        let logits = self.decode(&rows);
+        add_us(&self.stats.decode_us, t);
+        let t = Instant::now();
+        self.sample_rows(&rows, logits);
+        add_us(&self.stats.sample_us, t);
+    }
+
+    fn sample_rows(&mut self, rows: &[usize], logits: Result<Vec<Vec<f32>>>) {
+        let logits = match logits {
             Ok(l) => l,
             Err(_) if rows.len() > 1 => {
                 // Undo the partial step and run the rows alone, so one request whose
                 // steering overflows fails alone.
                 let mut out = Vec::new();
-                for &i in &rows {
+                for &i in rows {
                     let s = &mut self.active[i];
                     let len = s.job.prompt.len() + s.decoder.generated().len() - 1;
                     out.push(s.cache.truncate(len).and_then(|_| self.decode(&[i])));
                 }
-                return self
-                    .finish_rows(&rows, out.into_iter().map(|r| r.map(|mut v| v.remove(0))));
+                return self.finish_rows(rows, out.into_iter().map(|r| r.map(|mut v| v.remove(0))));
             }
-            Err(e) => return self.finish_rows(&rows, std::iter::once(Err(e))),
+            Err(e) => return self.finish_rows(rows, std::iter::once(Err(e))),
         };
-        self.finish_rows(&rows, logits.into_iter().map(Ok));
+        self.finish_rows(rows, logits.into_iter().map(Ok));
     }
 
     /// Feeds each row's last token; returns each row's next-token logits.
@@ -437,6 +467,7 @@ impl Worker {
         let m = &self.lm.model;
         let mut tokens = Vec::with_capacity(rows.len());
         let mut deltas = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
         let mut caches: Vec<&mut KvCache> = Vec::with_capacity(rows.len());
         for (i, s) in self.active.iter_mut().enumerate() {
             if rows.contains(&i) {
@@ -444,20 +475,44 @@ impl Worker {
                     Error::invalid("decode", "a generating sequence without a token")
                 })?);
                 deltas.push(&s.job.decode_deltas);
+                ids.push(s.id);
                 caches.push(&mut s.cache);
             }
         }
-        let steering = Steering::from_row_deltas(&deltas, m.hidden_size(), m.device(), m.dtype())?;
+        let steering = match &self.batch_steering {
+            Some((prev, st)) if *prev == ids => st.clone(),
+            _ => {
+                let st =
+                    Steering::from_row_deltas(&deltas, m.hidden_size(), m.device(), m.dtype())?;
+                self.batch_steering = Some((ids, st.clone()));
+                st
+            }
+        };
         let logits = m.decode_rows(&tokens, &mut caches, &steering)?;
         Ok(logits.to_vec2()?)
     }
 
     fn finish_rows(&mut self, rows: &[usize], logits: impl Iterator<Item = Result<Vec<f32>>>) {
-        let mut drop = Vec::new();
+        let mut by_row: Vec<Option<Result<Vec<f32>>>> =
+            (0..self.active.len()).map(|_| None).collect();
         for (&i, r) in rows.iter().zip(logits) {
-            let keep = match r {
-                Ok(row) => self.emit(i, &row),
-                Err(e) => {
+            by_row[i] = Some(r);
+        }
+        // Sampling and log-probabilities read the whole vocabulary per row: rows in
+        // parallel, then the events go out in order.
+        let tok = &self.lm.tokenizer;
+        let pushed: Vec<Option<Result<TokenEvent>>> = self
+            .active
+            .par_iter_mut()
+            .zip(by_row.into_par_iter())
+            .map(|(s, r)| r.map(|r| r.and_then(|l| s.decoder.push(tok, &l))))
+            .collect();
+        let mut drop = Vec::new();
+        for (i, p) in pushed.into_iter().enumerate() {
+            let keep = match p {
+                None => true,
+                Some(Ok(ev)) => self.deliver(i, ev),
+                Some(Err(e)) => {
                     self.active[i].job.sink.send(Event::Failed {
                         message: e.to_string(),
                         internal: false,
@@ -478,16 +533,22 @@ impl Worker {
     /// sequence is over (finished, failed or cancelled).
     fn emit(&mut self, i: usize, logits: &[f32]) -> bool {
         let s = &mut self.active[i];
-        let ev = match s.decoder.push(&self.lm.tokenizer, logits) {
-            Ok(ev) => ev,
+        match s.decoder.push(&self.lm.tokenizer, logits) {
+            Ok(ev) => self.deliver(i, ev),
             Err(e) => {
                 s.job.sink.send(Event::Failed {
                     message: e.to_string(),
                     internal: false,
                 });
-                return false;
+                false
             }
-        };
+        }
+    }
+
+    /// Sends sequence i's new token, and its summary when it was the last; false when
+    /// the sequence is over.
+    fn deliver(&mut self, i: usize, ev: TokenEvent) -> bool {
+        let s = &mut self.active[i];
         self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         let now = s.admitted.elapsed().as_secs_f64();
         let first = *s.first_token.get_or_insert(now);

@@ -134,19 +134,35 @@ pub struct Generation {
 
 /// Natural-log softmax in f64 (accurate for reporting log-probabilities).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let lse = log_sum_exp(logits);
+    logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
+}
+
+/// `ln sum exp(x)` in f64: `x_i - log_sum_exp(x)` is entry i of [`log_softmax`].
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    let lse = max + sum.ln();
-    logits.iter().map(|&x| (x as f64 - lse) as f32).collect()
+    max + sum.ln()
+}
+
+/// Index of the largest value (ties: the lowest index), as `top_k_indices(xs, 1)`.
+fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate().skip(1) {
+        if x.total_cmp(&xs[best]).is_gt() {
+            best = i;
+        }
+    }
+    best
 }
 
 /// Indices of the k largest values, largest first (ties: lower id first).
 pub fn top_k_indices(xs: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..xs.len()).collect();
     let k = k.min(xs.len());
     if k == 0 {
         return Vec::new();
     }
+    let mut idx: Vec<usize> = (0..xs.len()).collect();
     let cmp = |a: &usize, b: &usize| xs[*b].total_cmp(&xs[*a]).then(a.cmp(b));
     idx.select_nth_unstable_by(k - 1, cmp);
     idx.truncate(k);
@@ -156,6 +172,9 @@ pub fn top_k_indices(xs: &[f32], k: usize) -> Vec<usize> {
 
 /// Chooses the next token from raw logits; `context` are the tokens seen so far.
 pub fn sample(logits: &[f32], context: &[u32], p: &SamplingParams, rng: &mut impl Rng) -> u32 {
+    if p.repetition_penalty == 1.0 && p.temperature == 0.0 {
+        return argmax(logits) as u32;
+    }
     let mut logits = logits.to_vec();
     if p.repetition_penalty != 1.0 {
         let mut seen = context.to_vec();
@@ -264,10 +283,13 @@ impl Decoder {
         )?;
         let opts = &self.opts;
         let next = sample(logits, &self.context, &opts.sampling, &mut self.rng);
-        let lp = log_softmax(logits);
-        let top = top_k_indices(&lp, opts.top_logprobs)
+        // log_softmax(logits)[i] without the whole vector (the engine does this per row
+        // per step); the order of logits is the order of log-probabilities.
+        let lse = log_sum_exp(logits);
+        let lp = |i: usize| (logits[i] as f64 - lse) as f32;
+        let top = top_k_indices(logits, opts.top_logprobs)
             .into_iter()
-            .map(|i| (i as u32, lp[i]))
+            .map(|i| (i as u32, lp(i)))
             .collect();
         let is_eos = tokenizer.eos_token_ids().contains(&next);
         self.generated.push(next);
@@ -309,7 +331,7 @@ impl Decoder {
         Ok(TokenEvent {
             id: next,
             text: tokenizer.token_text(next)?,
-            logprob: lp[next as usize],
+            logprob: lp(next as usize),
             top,
             text_delta,
         })

@@ -25,6 +25,46 @@ pub struct Args {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5, value_parser = crate::args::positive)]
     repeats: usize,
+    /// Also measure batched decoding (the server's continuous batching): aggregate
+    /// decode tok/s with this many sequences per step, each row with its own steering
+    /// (comma-separated sizes, e.g. 1,8,32,64).
+    #[arg(long, value_name = "SIZES", value_delimiter = ',')]
+    batch: Vec<usize>,
+}
+
+/// Aggregate decode tok/s of `b` sequences decoding together after a 32-token prompt,
+/// rows alternately steered by `vectors` (per-row deltas) and unsteered.
+fn batched(
+    lm: &bipo::load::LoadedModel,
+    ids: &[u32],
+    b: usize,
+    gen: usize,
+    vectors: &[(SteeringVector, f32)],
+) -> Result<f64> {
+    let model = &lm.model;
+    let prompt = &ids[..ids.len().min(32)];
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(model)).collect();
+    for c in &mut caches {
+        let x = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+        model.forward(&x, 0, Some(c), &Steering::none(), Some(1), Mode::Fast)?;
+    }
+    let deltas = bipo::steer::deltas_of(vectors);
+    let empty = Default::default();
+    let rows: Vec<&std::collections::BTreeMap<usize, Vec<f32>>> = (0..b)
+        .map(|i| if i % 2 == 0 { &deltas } else { &empty })
+        .collect();
+    let st = Steering::from_row_deltas(&rows, model.hidden_size(), model.device(), model.dtype())?;
+    let mut next = vec![prompt[prompt.len() - 1]; b];
+    let t0 = Instant::now();
+    for _ in 0..gen {
+        let mut cs: Vec<&mut KvCache> = caches.iter_mut().collect();
+        let logits: Vec<Vec<f32>> = model.decode_rows(&next, &mut cs, &st)?.to_vec2()?;
+        next = logits
+            .iter()
+            .map(|l| bipo::generate::top_k_indices(l, 1)[0] as u32)
+            .collect();
+    }
+    Ok((b * gen) as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Text repeated to build a prompt of the requested length.
@@ -137,5 +177,12 @@ pub fn run(a: Args) -> Result<()> {
         (p0 / p1 - 1.0) * 100.0,
         (d0 / d1 - 1.0) * 100.0
     )?;
+    for &b in &a.batch {
+        if b == 0 {
+            anyhow::bail!("invalid --batch 0 (must be >= 1)");
+        }
+        let tps = batched(&lm, &ids, b, a.gen_tokens, &vectors)?;
+        crate::outln!("batched decode, {b:>3} sequences (half steered): {tps:>8.1} tok/s")?;
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 pub mod bake;
 pub mod baseline;
 pub mod bench;
+pub mod bench_serve;
 pub mod bench_train;
 pub mod bipo_run;
 pub mod chat;
