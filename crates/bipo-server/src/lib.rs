@@ -107,6 +107,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // A bug in a handler answers 500 instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("internal error while handling the request").into_response()
+        }))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
 }

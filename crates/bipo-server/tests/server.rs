@@ -579,6 +579,7 @@ fn auth_body_size_and_queue_limits_return_their_status() {
         ServerConfig {
             api_key: Some("sekret".into()),
             max_body_bytes: 2000,
+            max_vector_bytes: 1000,
             engine: EngineConfig {
                 max_batch: 1,
                 max_queue: 1,
@@ -608,6 +609,26 @@ fn auth_body_size_and_queue_limits_return_their_status() {
     assert_eq!(st, 200, "{v}");
     let big = json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}).to_string();
     assert_eq!(call("POST", &url, Some(&big), Some("sekret")).0, 413);
+    // A vector file over --max-vector-bytes is refused from its Content-Length, before
+    // the body is read (a raw socket: the server answers 413 while the client could
+    // still be sending, which an HTTP client library may report as a broken pipe).
+    let mut tcp = std::net::TcpStream::connect(s.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut writer = tcp.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let body = vec![0u8; 68256];
+        let head = "POST /v1/steering/vectors?name=big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\nContent-Length: 68256\r\n\r\n";
+        // The server may close before all of it is sent: a broken pipe here is fine.
+        let _ = writer
+            .write_all(head.as_bytes())
+            .and_then(|_| writer.write_all(&body));
+    });
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    drop(tcp);
+    sender.join().unwrap();
     // One running, one queued, the third is refused.
     let long = json!({"messages": [{"role": "user", "content": "Count to a thousand."}], "max_tokens": 400, "temperature": 0, "ignore_eos": true}).to_string();
     let health = || call("GET", &format!("{}/health", s.url()), None, None).1;
@@ -643,6 +664,7 @@ fn a_client_that_disconnects_frees_its_sequence() {
         "temperature": 0, "stream": true, "ignore_eos": true}).to_string();
     let mut tcp = std::net::TcpStream::connect(s.addr).unwrap();
     write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut buf = [0u8; 2048];
     let n = tcp.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

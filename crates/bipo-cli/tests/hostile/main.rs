@@ -12,6 +12,7 @@
 //! - `text`: non-UTF-8 and huge inputs, malformed data, prompt injection, messages.
 //! - `secrets`: keys passed by flag or environment never reach a file or a message.
 //! - `models`: unknown architectures, missing tensors, baking into the wrong family.
+//! - `serve`: server settings refused before listening.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,6 +21,7 @@ mod numbers;
 mod outputs;
 mod runs;
 mod secrets;
+mod serve;
 mod streams;
 mod support;
 mod text;
