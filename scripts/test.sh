@@ -9,3 +9,5 @@ if [ -z "${BIPO_LLAMA_CPP_BIN:-}" ]; then
     echo "skipped: llama.cpp interop tests run as no-ops; set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to run them"
 fi
 cargo test --release --workspace "$@"
+# The Python package (crates/bipo-py): maturin wheel into a throwaway venv, pytest.
+scripts/test-python.sh

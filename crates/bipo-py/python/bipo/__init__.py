@@ -1,0 +1,207 @@
+"""bipo: steering vectors for language models (BiPO), on a Rust core.
+
+    import bipo
+    m = bipo.Model.load("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    v = bipo.SteeringVector.load("assets/happy-control-vector.gguf")
+    print(m.generate("How was your day?", vectors=[(v, 4.0)], max_tokens=40))
+
+A steering vector holds one float32 direction per layer; layer L is added to the
+output of 0-based decoder block L (Hugging Face ``hidden_states[L+1]``, llama.cpp
+``direction.L``). Model calls release the GIL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _bipo
+from ._bipo import BipoError
+
+__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "set_threads", "__version__"]
+__version__ = _bipo.__version__
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def set_threads(n: int) -> None:
+    """Worker threads for model calls (default: all cores); before the first model call."""
+    _bipo.set_threads(int(n))
+
+
+class SteeringVector:
+    """One float32 direction per layer (``layers``: ``{layer: numpy.ndarray}``) plus
+    metadata (``meta``: name, model, method, extra)."""
+
+    __slots__ = ("layers", "meta")
+
+    def __init__(self, layers: Mapping[int, np.ndarray], meta: Optional[dict] = None):
+        out: Dict[int, np.ndarray] = {}
+        width = None
+        for layer, d in layers.items():
+            if int(layer) < 0:
+                raise BipoError(f"layer {layer}: must be >= 0")
+            a = np.ascontiguousarray(np.asarray(d, dtype=np.float32))
+            if a.ndim != 1 or a.size == 0:
+                raise BipoError(f"layer {layer}: expected a non-empty 1-D array, got shape {a.shape}")
+            if not np.all(np.isfinite(a)):
+                raise BipoError(f"layer {layer}: holds NaN or infinite values")
+            if width is not None and a.size != width:
+                raise BipoError(f"layer {layer}: width {a.size}, other layers have {width}")
+            width = a.size
+            out[int(layer)] = a
+        if not out:
+            raise BipoError("a steering vector needs at least one layer")
+        self.layers = dict(sorted(out.items()))
+        self.meta = {"name": "", "model": None, "method": None, "extra": {}}
+        if meta:
+            self.meta.update(meta)
+
+    @classmethod
+    def from_numpy(cls, layers: Mapping[int, np.ndarray], name: str = "", method: Optional[str] = None) -> "SteeringVector":
+        return cls(layers, {"name": name, "method": method})
+
+    @classmethod
+    def load(cls, path: PathLike, layer: Optional[int] = None) -> "SteeringVector":
+        """Reads safetensors (bipo's), a llama.cpp control-vector GGUF, or the BiPO
+        paper's ``.pt`` (then ``layer`` names its layer)."""
+        raw, meta = _bipo.read_vector(os.fspath(path), layer)
+        return cls({l: np.frombuffer(b, dtype="<f4").copy() for l, b in raw.items()}, json.loads(meta))
+
+    def save(self, path: PathLike) -> None:
+        """Writes ``.safetensors`` or ``.gguf`` (llama.cpp control vector) by extension,
+        atomically (temp file + rename)."""
+        _bipo.write_vector(self._raw(), json.dumps(self.meta), os.fspath(path))
+
+    def _raw(self) -> Dict[int, bytes]:
+        return {l: a.astype("<f4", copy=False).tobytes() for l, a in self.layers.items()}
+
+    @property
+    def hidden_size(self) -> int:
+        return next(iter(self.layers.values())).size
+
+    def norms(self) -> Dict[int, float]:
+        return {l: float(np.linalg.norm(a)) for l, a in self.layers.items()}
+
+    def normalize(self, norm: float = 1.0) -> "SteeringVector":
+        """Every layer rescaled to L2 norm ``norm`` (zero layers stay zero)."""
+        out = {}
+        for l, a in self.layers.items():
+            n = float(np.linalg.norm(a))
+            out[l] = a * (norm / n) if n > 0 else a.copy()
+        return SteeringVector(out, dict(self.meta))
+
+    def _combine(self, other: "SteeringVector", sign: float) -> "SteeringVector":
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.hidden_size != self.hidden_size:
+            raise BipoError(f"widths differ: {self.hidden_size} and {other.hidden_size}")
+        out = {l: a.copy() for l, a in self.layers.items()}
+        for l, a in other.layers.items():
+            out[l] = out[l] + sign * a if l in out else sign * a
+        return SteeringVector(out, {"name": f"{self.meta.get('name', '')}{'+' if sign > 0 else '-'}{other.meta.get('name', '')}", "method": "combined"})
+
+    def __add__(self, other):
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other):
+        return self._combine(other, -1.0)
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float, np.floating, np.integer)):
+            return NotImplemented
+        return SteeringVector({l: a * np.float32(k) for l, a in self.layers.items()}, dict(self.meta))
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __eq__(self, other):
+        return (isinstance(other, SteeringVector) and self.layers.keys() == other.layers.keys()
+                and all(np.array_equal(a, other.layers[l]) for l, a in self.layers.items()))
+
+    def __repr__(self):
+        ls = list(self.layers)
+        span = f"{ls[0]}" if len(ls) == 1 else f"{len(ls)} layers {ls[0]}..{ls[-1]}"
+        return f"SteeringVector({self.meta.get('name') or '?'}: {span}, width {self.hidden_size})"
+
+
+@dataclass
+class Generation:
+    """A generated continuation; ``str(g)`` is its text."""
+
+    text: str
+    ids: List[int]
+    finish_reason: str
+    prompt_tokens: int
+
+    def __str__(self) -> str:
+        return self.text
+
+
+Vectors = Optional[Sequence[Union[SteeringVector, Tuple[SteeringVector, float]]]]
+
+
+def _vectors(vectors: Vectors) -> List[Tuple[Dict[int, bytes], float]]:
+    out = []
+    for i, v in enumerate(vectors or []):
+        vec, m = (v, 1.0) if isinstance(v, SteeringVector) else v
+        if not isinstance(vec, SteeringVector):
+            raise BipoError(f"vectors[{i}]: expected a SteeringVector or (SteeringVector, multiplier)")
+        out.append((vec._raw(), float(m)))
+    return out
+
+
+class Model:
+    """A loaded model (GGUF file, Hugging Face folder, or Hub id in the local cache)."""
+
+    def __init__(self, native, path: str):
+        self._m = native
+        self.path = path
+        self.info = json.loads(native.info())
+
+    @classmethod
+    def load(cls, path: PathLike, device: str = "cpu", threads: Optional[int] = None) -> "Model":
+        if threads is not None:
+            set_threads(threads)
+        p = os.fspath(path)
+        return cls(_bipo.NativeModel(p, device), p)
+
+    @property
+    def num_layers(self) -> int:
+        return self.info["num_layers"]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.info["hidden_size"]
+
+    def tokenize(self, prompt: str, chat: bool = True, system: Optional[str] = None) -> List[int]:
+        return self._m.tokenize(prompt, chat, system)
+
+    def generate(self, prompt: str, vectors: Vectors = None, *, chat: bool = True,
+                 system: Optional[str] = None, max_tokens: int = 128, temperature: float = 0.0,
+                 top_p: Optional[float] = None, top_k: Optional[int] = None, seed: int = 0,
+                 positions: str = "all", stop: Iterable[str] = ()) -> Generation:
+        """Generates a continuation of ``prompt`` (the user message when ``chat``),
+        steered by ``vectors`` (vectors or (vector, multiplier) pairs, which add up) at
+        ``positions`` ("all", "prompt" or "generated"). Greedy at temperature 0."""
+        text, ids, finish, n = self._m.generate(prompt, _vectors(vectors), chat, system, int(max_tokens),
+                                                float(temperature), top_p, top_k, int(seed), positions,
+                                                list(stop))
+        return Generation(text, ids, finish, n)
+
+    def logprobs(self, prompt: str, continuation: str, vectors: Vectors = None, *,
+                 chat: bool = False) -> Tuple[List[int], np.ndarray]:
+        """Token ids of ``continuation`` and the log-probability of each after
+        ``prompt``, steered at every position."""
+        ids, lps = self._m.logprobs(prompt, continuation, _vectors(vectors), chat)
+        return ids, np.asarray(lps, dtype=np.float32)
+
+    def __repr__(self):
+        i = self.info
+        return f"Model({i['family']}, {i['num_layers']} layers, width {i['hidden_size']}, {i['weights']})"

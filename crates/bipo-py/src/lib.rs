@@ -1,0 +1,277 @@
+//! `bipo._bipo`: the native half of the Python package. The Python half
+//! (`python/bipo/__init__.py`) owns the user-facing classes and numpy; this module
+//! moves plain values (str, int, float, bytes, dicts) across, releases the GIL during
+//! every model call, and turns bipo errors into `bipo.BipoError` with the same
+//! one-line message as the CLI.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bipo::generate::{generate, GenerateOptions, SamplingParams};
+use bipo::load::{load, LoadOptions, LoadedModel};
+use bipo::models::Mode;
+use bipo::steer::{Positions, Steering};
+use bipo::text::Message;
+use bipo::vector::{SteeringVector, VectorMeta};
+use candle_core::Tensor;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::create_exception!(_bipo, BipoError, PyException);
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    BipoError::new_err(e.to_string())
+}
+
+/// Layers as Python passes them: layer -> little-endian f32 bytes.
+type RawLayers = HashMap<usize, Vec<u8>>;
+
+fn to_vector(layers: RawLayers, meta: &str) -> PyResult<SteeringVector> {
+    let mut out = BTreeMap::new();
+    for (l, b) in layers {
+        if b.len() % 4 != 0 {
+            return Err(err(format!(
+                "layer {l}: {} bytes is not a float32 array",
+                b.len()
+            )));
+        }
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(l, v);
+    }
+    let meta: VectorMeta = if meta.is_empty() {
+        VectorMeta::default()
+    } else {
+        serde_json::from_str(meta).map_err(|e| err(format!("vector metadata: {e}")))?
+    };
+    let v = SteeringVector { layers: out, meta };
+    v.validate().map_err(err)?;
+    Ok(v)
+}
+
+fn from_vector<'py>(
+    py: Python<'py>,
+    v: &SteeringVector,
+) -> PyResult<(BTreeMap<usize, Bound<'py, PyBytes>>, String)> {
+    let layers = v
+        .layers
+        .iter()
+        .map(|(l, d)| {
+            let bytes: Vec<u8> = d.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (*l, PyBytes::new(py, &bytes))
+        })
+        .collect();
+    Ok((layers, serde_json::to_string(&v.meta).map_err(err)?))
+}
+
+/// Reads a vector file (safetensors, llama.cpp GGUF, or the paper's .pt with `layer`).
+#[pyfunction]
+#[pyo3(signature = (path, layer=None))]
+fn read_vector<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    layer: Option<usize>,
+) -> PyResult<(BTreeMap<usize, Bound<'py, PyBytes>>, String)> {
+    let v = py
+        .detach(|| bipo::io::read_vector_at(&path, layer))
+        .map_err(err)?;
+    from_vector(py, &v)
+}
+
+/// Writes a vector file; the format follows the extension (.safetensors or .gguf).
+#[pyfunction]
+fn write_vector(py: Python<'_>, layers: RawLayers, meta: &str, path: PathBuf) -> PyResult<()> {
+    let v = to_vector(layers, meta)?;
+    py.detach(|| bipo::io::write_vector(&v, &path, "llama"))
+        .map_err(err)
+}
+
+/// Sets the number of worker threads; only before the first model call.
+#[pyfunction]
+fn set_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(err("threads: 0 (must be >= 1)"));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|_| err("threads: the thread pool is already running (set threads before the first model call)"))
+}
+
+/// A loaded model.
+#[pyclass(frozen, module = "bipo._bipo")]
+struct NativeModel {
+    lm: Arc<LoadedModel>,
+}
+
+/// Runs `f` with the GIL released, on a worker of the rayon pool (so the parallel
+/// loops of a forward pass share the pool by work stealing).
+fn off_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> bipo::Result<T> + Send) -> PyResult<T> {
+    py.detach(|| rayon::scope(|_| f())).map_err(err)
+}
+
+impl NativeModel {
+    fn steering(&self, vectors: Vec<(RawLayers, f32)>) -> PyResult<Steering> {
+        let m = &self.lm.model;
+        let mut vs = Vec::with_capacity(vectors.len());
+        for (i, (layers, mult)) in vectors.into_iter().enumerate() {
+            if !mult.is_finite() {
+                return Err(err(format!(
+                    "vectors[{i}]: multiplier {mult} is not finite"
+                )));
+            }
+            let v = to_vector(layers, "")?;
+            v.check_fits(m.hidden_size(), m.num_layers())
+                .map_err(|e| err(format!("vectors[{i}]: {e}")))?;
+            vs.push((v, mult));
+        }
+        Steering::from_vectors(&vs, m.device(), m.dtype()).map_err(err)
+    }
+
+    fn ids(&self, prompt: &str, chat: bool, system: Option<&str>) -> PyResult<Vec<u32>> {
+        let lm = &self.lm;
+        if !chat {
+            return lm.tokenizer.encode(prompt, true).map_err(err);
+        }
+        let t = lm
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| err("the model has no chat template: pass chat=False"))?;
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(Message::new("system", s));
+        }
+        msgs.push(Message::new("user", prompt));
+        let p = t.render_prompt(&msgs).map_err(err)?;
+        lm.tokenizer.encode_chat(&p, true).map_err(err)
+    }
+}
+
+#[pymethods]
+impl NativeModel {
+    #[new]
+    #[pyo3(signature = (path, device="cpu"))]
+    fn new(py: Python<'_>, path: String, device: &str) -> PyResult<Self> {
+        let opts = LoadOptions {
+            device: bipo::load::parse_device(device).map_err(err)?,
+            ..Default::default()
+        };
+        let lm = py.detach(|| load(&path, &opts)).map_err(err)?;
+        Ok(Self { lm: Arc::new(lm) })
+    }
+
+    /// Architecture, sizes and weights as JSON.
+    fn info(&self) -> PyResult<String> {
+        let m = &self.lm.model;
+        let mut v = serde_json::to_value(&m.info).map_err(err)?;
+        v["num_layers"] = m.num_layers().into();
+        v["hidden_size"] = m.hidden_size().into();
+        v["max_context"] = m.max_context().into();
+        v["has_chat_template"] = self.lm.chat_template.is_some().into();
+        Ok(v.to_string())
+    }
+
+    /// Token ids of a prompt (chat-templated or raw).
+    #[pyo3(signature = (prompt, chat=true, system=None))]
+    fn tokenize(&self, prompt: &str, chat: bool, system: Option<&str>) -> PyResult<Vec<u32>> {
+        self.ids(prompt, chat, system)
+    }
+
+    /// Returns (text, ids, finish_reason, prompt_tokens).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, vectors, chat, system, max_tokens, temperature, top_p, top_k, seed, positions, stop))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        vectors: Vec<(RawLayers, f32)>,
+        chat: bool,
+        system: Option<&str>,
+        max_tokens: usize,
+        temperature: f32,
+        top_p: Option<f32>,
+        top_k: Option<usize>,
+        seed: u64,
+        positions: &str,
+        stop: Vec<String>,
+    ) -> PyResult<(String, Vec<u32>, String, usize)> {
+        let steering = self.steering(vectors)?;
+        let ids = self.ids(prompt, chat, system)?;
+        let positions: Positions = positions.parse().map_err(err)?;
+        let opts = GenerateOptions {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                repetition_penalty: 1.0,
+                seed,
+            },
+            stop_strings: stop,
+            stop_at_eos: true,
+            top_logprobs: 0,
+            positions,
+        };
+        let lm = self.lm.clone();
+        let g = off_gil(py, move || {
+            generate(&lm.model, &lm.tokenizer, &ids, &steering, &opts, |_| Ok(()))
+        })?;
+        let finish = serde_json::to_value(g.finish_reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Ok((g.text, g.ids, finish, g.prompt_tokens))
+    }
+
+    /// Log-probabilities of each token of `continuation` after `prompt`, steered by
+    /// `vectors` at every position. Returns (token ids, log-probabilities).
+    #[pyo3(signature = (prompt, continuation, vectors, chat))]
+    fn logprobs(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        continuation: &str,
+        vectors: Vec<(RawLayers, f32)>,
+        chat: bool,
+    ) -> PyResult<(Vec<u32>, Vec<f32>)> {
+        let steering = self.steering(vectors)?;
+        let head = self.ids(prompt, chat, None)?;
+        let tail = self.lm.tokenizer.encode(continuation, false).map_err(err)?;
+        if tail.is_empty() {
+            return Err(err("continuation: it is empty (no tokens)"));
+        }
+        let lm = self.lm.clone();
+        let lps = off_gil(py, {
+            let tail = tail.clone();
+            move || {
+                let m = &lm.model;
+                let all: Vec<u32> = head.iter().chain(&tail).copied().collect();
+                let x = Tensor::new(all.as_slice(), m.device())?.unsqueeze(0)?;
+                // Logits at the positions that predict the continuation.
+                let logits = m.forward(&x, 0, None, &steering, Some(tail.len() + 1), Mode::Fast)?;
+                let rows: Vec<Vec<f32>> = logits.squeeze(0)?.to_vec2()?;
+                Ok(rows
+                    .iter()
+                    .zip(&tail)
+                    .map(|(r, &t)| (r[t as usize] as f64 - bipo::generate::log_sum_exp(r)) as f32)
+                    .collect::<Vec<f32>>())
+            }
+        })?;
+        Ok((tail, lps))
+    }
+}
+
+#[pymodule]
+fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("BipoError", m.py().get_type::<BipoError>())?;
+    m.add_class::<NativeModel>()?;
+    m.add_function(wrap_pyfunction!(read_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(write_vector, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
