@@ -6,13 +6,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bipo::data::{Dataset, PreferencePair};
 use bipo::generate::{generate, GenerateOptions, SamplingParams};
 use bipo::load::{load, LoadOptions, LoadedModel};
 use bipo::models::Mode;
+use bipo::run::{DataRecord, ModelRecord, RunRecord};
 use bipo::steer::{Positions, Steering};
-use bipo::text::Message;
+use bipo::text::{ChatTemplate, Message};
+use bipo::train::bipo::{tokenize, Prepared};
+use bipo::train::rundir::{writes_run_file, RunDir, Start};
+use bipo::train::{Event, TrainConfig, Trainer};
 use bipo::vector::{SteeringVector, VectorMeta};
 use candle_core::Tensor;
 use pyo3::exceptions::PyException;
@@ -265,6 +271,185 @@ impl NativeModel {
     }
 }
 
+/// Pairs from Python: a file path, or (question, matching, not_matching) tuples.
+fn dataset(data: &Bound<'_, PyAny>, skip_invalid: bool) -> PyResult<(Dataset, Option<PathBuf>)> {
+    if let Ok(path) = data.extract::<PathBuf>() {
+        let d = bipo::data::load_pairs_with(&path, skip_invalid).map_err(err)?;
+        return Ok((d, Some(path)));
+    }
+    let rows: Vec<(String, String, String)> = data.extract().map_err(|_| {
+        err("data: give a file path or a list of {question, matching, not_matching} pairs")
+    })?;
+    let mut pairs = Vec::with_capacity(rows.len());
+    for (i, (q, m, n)) in rows.into_iter().enumerate() {
+        if q.trim().is_empty() || m.trim().is_empty() || n.trim().is_empty() {
+            return Err(err(format!("data: pair {i} has an empty field")));
+        }
+        pairs.push(PreferencePair {
+            question: q,
+            matching: m,
+            not_matching: n,
+        });
+    }
+    let json = serde_json::to_vec(
+        &pairs
+            .iter()
+            .map(|p| [&p.question, &p.matching, &p.not_matching])
+            .collect::<Vec<_>>(),
+    )
+    .map_err(err)?;
+    let sha256 = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&json));
+    Ok((
+        Dataset {
+            pairs,
+            sha256: format!("{sha256:x}"),
+            format: "python",
+            skipped: Vec::new(),
+        },
+        None,
+    ))
+}
+
+/// Trains a BiPO vector into the run folder `out` (as `bipo train`: run.json,
+/// metrics.jsonl, checkpoints, vector.safetensors). `settings` is a JSON object of
+/// [`TrainConfig`] keys. `progress(dict)` is called after every step; an exception it
+/// raises, or Ctrl-C, stops the run after that step with a checkpoint written (resume
+/// with `resume=True`) and is raised again. Returns (layers, meta, steps).
+#[pyfunction]
+#[pyo3(signature = (model, data, out, settings, resume=false, force=false, progress=None, skip_invalid=false))]
+#[allow(clippy::too_many_arguments)]
+fn train<'py>(
+    py: Python<'py>,
+    model: &NativeModel,
+    data: &Bound<'py, PyAny>,
+    out: PathBuf,
+    settings: &str,
+    resume: bool,
+    force: bool,
+    progress: Option<Py<PyAny>>,
+    skip_invalid: bool,
+) -> PyResult<(BTreeMap<usize, Bound<'py, PyBytes>>, String, usize)> {
+    let lm = model.lm.clone();
+    let (train_set, data_path) = dataset(data, skip_invalid)?;
+    let mut given: serde_json::Value = serde_json::from_str(settings).map_err(err)?;
+    let layer_given = given.get("layer").is_some_and(|l| !l.is_null());
+    if !layer_given {
+        if let Some(o) = given.as_object_mut() {
+            o.remove("layer");
+        }
+    }
+    let mut cfg: TrainConfig =
+        serde_json::from_value(given).map_err(|e| err(format!("training settings: {e}")))?;
+    let n_layers = lm.model.num_layers();
+    if !layer_given {
+        cfg.layer = bipo::train::default_layer(n_layers);
+    }
+    if cfg.layer >= n_layers {
+        return Err(err(format!(
+            "layer {}: the model has {n_layers} layers (0..{})",
+            cfg.layer,
+            n_layers - 1
+        )));
+    }
+    cfg.validate().map_err(err)?;
+    let inputs: Vec<(&str, &std::path::Path)> = data_path
+        .as_deref()
+        .map(|p| ("data", p))
+        .into_iter()
+        .collect();
+    bipo::util::fs::check_output_dir(&inputs, "out", &out, writes_run_file).map_err(err)?;
+    let start = match (resume, force) {
+        (true, _) => Start::Resume,
+        (_, true) => Start::Replace,
+        _ => Start::Fresh,
+    };
+    let template = match cfg.template.as_deref() {
+        Some(name) => ChatTemplate::builtin(name).map_err(err)?,
+        None => lm.chat_template.clone().ok_or_else(|| {
+            err("the model has no chat template: set template=\"llama2\" or \"mistral\"")
+        })?,
+    };
+    let stop = AtomicBool::new(false);
+    let raised: std::sync::Mutex<Option<PyErr>> = std::sync::Mutex::new(None);
+    let result = py.detach(|| {
+        rayon::scope(|_| -> bipo::Result<(SteeringVector, usize)> {
+            let run = RunDir::open(&out, start)?;
+            let record = RunRecord::new(
+                "bipo",
+                &cfg,
+                ModelRecord::of(&lm)?,
+                DataRecord::of(
+                    data_path.as_deref().unwrap_or("<python>".as_ref()),
+                    &train_set,
+                ),
+                None,
+            );
+            if !resume {
+                record.write(run.path())?;
+            }
+            let ex = tokenize(
+                &train_set.pairs,
+                &lm.tokenizer,
+                &template,
+                cfg.system.as_deref(),
+            )?;
+            let mut prep = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |_, _| {})?;
+            prep.set_positions(cfg.positions);
+            let meta = VectorMeta {
+                name: format!("bipo-L{}", cfg.layer),
+                model: Some(lm.model.info.source.clone()),
+                method: Some("bipo".into()),
+                extra: [
+                    (
+                        "config".to_string(),
+                        serde_json::to_string(&cfg).unwrap_or_default(),
+                    ),
+                    ("data_sha256".to_string(), train_set.sha256.clone()),
+                ]
+                .into(),
+            };
+            let trainer = Trainer {
+                cfg: cfg.clone(),
+                train: &prep,
+                test: None,
+                out: &run,
+                meta,
+                inputs: record.inputs(),
+                checkpoint_every: bipo::train::trainer::DEFAULT_CHECKPOINT_EVERY,
+            };
+            let outcome = trainer.run(resume, &stop, |ev| {
+                let Event::Step(m) = ev else { return };
+                Python::attach(|py| {
+                    let r = py.check_signals().and_then(|_| match &progress {
+                        Some(cb) => {
+                            let d = pyo3::types::PyDict::new(py);
+                            d.set_item("step", m.step + 1)?;
+                            d.set_item("epoch", m.epoch + 1)?;
+                            d.set_item("loss", m.loss)?;
+                            d.set_item("accuracy", m.accuracy)?;
+                            d.set_item("vector_norm", m.vector_norm)?;
+                            cb.call1(py, (d,)).map(|_| ())
+                        }
+                        None => Ok(()),
+                    });
+                    if let Err(e) = r {
+                        stop.store(true, Ordering::SeqCst);
+                        *raised.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                });
+            })?;
+            let v = bipo::io::read_vector(&out.join(bipo::train::trainer::VECTOR_FILE))?;
+            Ok((v, outcome.steps))
+        })
+    });
+    if let Some(e) = raised.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let (v, steps) = result.map_err(err)?;
+    let (layers, meta) = from_vector(py, &v)?;
+    Ok((layers, meta, steps))
+}
+
 #[pymodule]
 fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BipoError", m.py().get_type::<BipoError>())?;
@@ -272,6 +457,7 @@ fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_vector, m)?)?;
     m.add_function(wrap_pyfunction!(write_vector, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

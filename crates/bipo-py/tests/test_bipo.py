@@ -125,3 +125,54 @@ def test_errors_are_bipo_errors_with_the_cli_message(tmp_path, model, happy):
     with pytest.raises(bipo.BipoError):
         happy.save(tmp_path / "no-such-folder" / "v.safetensors")
     assert issubclass(bipo.BipoError, Exception)
+
+
+def _pairs_csv(tmp_path, n=8):
+    lines = (ROOT / "data" / "optimism" / "train.csv").read_text().splitlines()
+    p = tmp_path / "pairs.csv"
+    p.write_text("\n".join(lines[: n + 1]) + "\n")
+    return p
+
+
+SETTINGS = dict(epochs=2, batch_size=2, seed=3, lr=0.01, warmup_steps=0)
+
+
+def test_train_equals_bipo_train_bit_for_bit(tmp_path, model):
+    data = _pairs_csv(tmp_path)
+    cli = tmp_path / "cli"
+    subprocess.run([BIN, "-q", "train", "-m", str(MODEL), "--data", str(data), "--layer", "12", "--epochs", "2",
+                    "--batch-size", "2", "--seed", "3", "--lr", "0.01", "--warmup-steps", "0", "-o", str(cli)],
+                   check=True, capture_output=True)
+    seen = []
+    r = bipo.train(model, data, out=tmp_path / "py", layer=12, progress=seen.append, **SETTINGS)
+    ref = bipo.SteeringVector.load(cli / "vector.safetensors")
+    assert list(r.vector.layers) == [12]
+    assert np.array_equal(r.vector.layers[12], ref.layers[12]), "not the CLI's vector bit for bit"
+    assert r.steps == 8 and [d["step"] for d in seen] == list(range(1, 9))
+    assert r.record["config"]["layer"] == 12 and r.record["data"]["sha256"]
+    # The same pairs as Python dicts train the same vector.
+    rows = [dict(question=q, matching=m, not_matching=n) for q, m, n in
+            (l for l in __import__("csv").reader(data.open()) if l[0] != "question")]
+    r2 = bipo.train(model, rows, out=tmp_path / "py2", layer=12, **SETTINGS)
+    assert r2.vector == r.vector
+    with pytest.raises(bipo.BipoError, match="--force|force|holds a run|already"):
+        bipo.train(model, rows, out=tmp_path / "py2", layer=12, **SETTINGS)
+    with pytest.raises(bipo.BipoError, match="layer 99"):
+        bipo.train(model, rows, out=tmp_path / "py3", layer=99, **SETTINGS)
+    with pytest.raises(bipo.BipoError, match="nope"):
+        bipo.train(model, rows, out=tmp_path / "py4", layer=12, nope=1)
+
+
+def test_an_interrupted_run_keeps_a_checkpoint_and_resumes_to_the_same_vector(tmp_path, model):
+    data = _pairs_csv(tmp_path)
+    full = bipo.train(model, data, out=tmp_path / "full", layer=12, **SETTINGS)
+
+    def interrupt(d):
+        if d["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bipo.train(model, data, out=tmp_path / "cut", layer=12, progress=interrupt, **SETTINGS)
+    assert (tmp_path / "cut" / "checkpoint.json").is_file()
+    resumed = bipo.train(model, data, out=tmp_path / "cut", layer=12, resume=True, **SETTINGS)
+    assert resumed.vector == full.vector

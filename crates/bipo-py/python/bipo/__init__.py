@@ -22,7 +22,8 @@ import numpy as np
 from . import _bipo
 from ._bipo import BipoError
 
-__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "set_threads", "__version__"]
+__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "TrainResult", "set_threads", "train",
+           "__version__"]
 __version__ = _bipo.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -205,3 +206,56 @@ class Model:
     def __repr__(self):
         i = self.info
         return f"Model({i['family']}, {i['num_layers']} layers, width {i['hidden_size']}, {i['weights']})"
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed-to-the-end) BiPO run: the vector, the steps taken, the run
+    folder (run.json, metrics.jsonl, checkpoint.json, vector.safetensors) and its record."""
+
+    vector: SteeringVector
+    steps: int
+    out: str
+    record: dict
+
+
+def _pairs(data) -> Union[str, List[Tuple[str, str, str]]]:
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    if hasattr(data, "to_dict"):  # a pandas DataFrame
+        data = data.to_dict("records")
+    rows = []
+    for i, r in enumerate(data):
+        if isinstance(r, Mapping):
+            try:
+                rows.append((str(r["question"]), str(r["matching"]), str(r["not_matching"])))
+            except KeyError as e:
+                raise BipoError(f"data: pair {i} has no {e.args[0]!r} (keys: question, matching, not_matching)") from None
+        else:
+            q, m, n = r
+            rows.append((str(q), str(m), str(n)))
+    return rows
+
+
+def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, resume: bool = False,
+          force: bool = False, progress=None, skip_invalid: bool = False, **settings) -> TrainResult:
+    """Trains a BiPO steering vector, exactly as ``bipo train``.
+
+    ``data``: a pairs file (CSV, JSON, JSONL in any format ``bipo train`` reads), a list
+    of ``{question, matching, not_matching}`` dicts or tuples, or a pandas DataFrame
+    with those columns. ``out``: the run folder (an existing run is refused unless
+    ``force``; ``resume=True`` continues from its checkpoint). ``settings``: any
+    ``bipo train`` setting by its config name (epochs, lr, beta, batch_size, seed,
+    max_steps, positions, ...). ``progress(dict)`` is called after every step. Ctrl-C
+    (or an exception from ``progress``) stops after the current step with a checkpoint
+    written, then raises.
+    """
+    cfg = dict(settings)
+    if layer is not None:
+        cfg["layer"] = int(layer)
+    layers, meta, steps = _bipo.train(model._m, _pairs(data), os.fspath(out), json.dumps(cfg), resume, force,
+                                      progress, skip_invalid)
+    vec = SteeringVector({l: np.frombuffer(b, dtype="<f4").copy() for l, b in layers.items()}, json.loads(meta))
+    with open(os.path.join(os.fspath(out), "run.json")) as f:
+        record = json.load(f)
+    return TrainResult(vec, steps, os.fspath(out), record)
