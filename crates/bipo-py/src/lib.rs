@@ -450,6 +450,97 @@ fn train<'py>(
     Ok((layers, meta, steps))
 }
 
+/// A baseline vector from pairs: "caa" (mean difference), "pca" (first principal
+/// component of the differences) or "mean-centring" (mean matching activation minus the
+/// mean over bipo's neutral text), at `layers`. Returns (layers, meta).
+#[pyfunction]
+#[pyo3(signature = (model, data, method, layers, read_at="mean", system=None, template=None, skip_invalid=false))]
+#[allow(clippy::too_many_arguments)]
+fn baseline<'py>(
+    py: Python<'py>,
+    model: &NativeModel,
+    data: PathBuf,
+    method: &str,
+    layers: Vec<usize>,
+    read_at: &str,
+    system: Option<&str>,
+    template: Option<&str>,
+    skip_invalid: bool,
+) -> PyResult<(BTreeMap<usize, Bound<'py, PyBytes>>, String)> {
+    use bipo::baselines;
+    if !["caa", "pca", "mean-centring"].contains(&method) {
+        return Err(err(format!(
+            "method `{method}`: choose caa, pca or mean-centring (random: SteeringVector.random_like)"
+        )));
+    }
+    if layers.is_empty() {
+        return Err(err("layers: give at least one layer"));
+    }
+    let lm = model.lm.clone();
+    let read_at: baselines::ReadAt = read_at.parse().map_err(err)?;
+    let template = match template {
+        Some(name) => ChatTemplate::builtin(name).map_err(err)?,
+        None => lm.chat_template.clone().ok_or_else(|| {
+            err("the model has no chat template: set template=\"llama2\" or \"mistral\"")
+        })?,
+    };
+    let stem = data
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let v = off_gil(py, move || {
+        let (reads, sha, _) = baselines::reads_of_file(
+            &lm,
+            &template,
+            &data,
+            &layers,
+            read_at,
+            system,
+            skip_invalid,
+            |_, _| {},
+        )?;
+        let meta = VectorMeta {
+            name: format!("{method}-{stem}"),
+            model: Some(lm.model.info.source.clone()),
+            method: Some(if method == "pca" { "pca-diff" } else { method }.into()),
+            extra: [("data_sha256".to_string(), sha)].into(),
+        };
+        let d = baselines::differences_of(&reads);
+        Ok(match method {
+            "caa" => baselines::caa(&d, meta),
+            "pca" => baselines::pca_diff(&d, meta),
+            _ => {
+                use bipo::eval::damage;
+                let ids = damage::paragraphs(damage::NEUTRAL_TEXT)
+                    .iter()
+                    .map(|t| lm.tokenizer.encode(t, true))
+                    .collect::<bipo::Result<Vec<_>>>()?;
+                let ls: Vec<usize> = reads.keys().copied().collect();
+                let means = baselines::neutral_means(&lm.model, &ids, &ls)?;
+                baselines::mean_centring(&reads, &means, meta)?
+            }
+        })
+    })?;
+    from_vector(py, &v)
+}
+
+/// A seeded random direction per layer with the norms of `like`'s layers.
+#[pyfunction]
+fn random_like<'py>(
+    py: Python<'py>,
+    like: RawLayers,
+    seed: u64,
+) -> PyResult<(BTreeMap<usize, Bound<'py, PyBytes>>, String)> {
+    let l = to_vector(like, "")?;
+    let meta = VectorMeta {
+        name: format!("random-{seed}"),
+        method: Some("random".into()),
+        extra: [("seed".to_string(), seed.to_string())].into(),
+        ..Default::default()
+    };
+    from_vector(py, &bipo::baselines::random_like(&l, seed, meta))
+}
+
 #[pymodule]
 fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BipoError", m.py().get_type::<BipoError>())?;
@@ -458,6 +549,8 @@ fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_vector, m)?)?;
     m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(baseline, m)?)?;
+    m.add_function(wrap_pyfunction!(random_like, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -176,3 +176,26 @@ def test_an_interrupted_run_keeps_a_checkpoint_and_resumes_to_the_same_vector(tm
     assert (tmp_path / "cut" / "checkpoint.json").is_file()
     resumed = bipo.train(model, data, out=tmp_path / "cut", layer=12, resume=True, **SETTINGS)
     assert resumed.vector == full.vector
+
+
+@pytest.mark.parametrize("method", ["caa", "pca", "mean-centring"])
+def test_baselines_equal_bipo_baseline_bit_for_bit(tmp_path, model, method):
+    data = _pairs_csv(tmp_path, 12)
+    out = tmp_path / f"{method}.safetensors"
+    subprocess.run([BIN, "-q", "baseline", method, "-m", str(MODEL), "--data", str(data), "--layer", "10",
+                    "--layer", "14", "-o", str(out)], check=True, capture_output=True)
+    ref = bipo.SteeringVector.load(out)
+    v = bipo.baseline(model, data, method, layers=[10, 14])
+    assert list(v.layers) == [10, 14]
+    assert v == ref, f"{method}: not the CLI's vector bit for bit"
+
+
+def test_random_control_equals_the_cli(tmp_path, model, happy):
+    out = tmp_path / "r.safetensors"
+    subprocess.run([BIN, "-q", "baseline", "random", "--like", str(HAPPY), "--seed", "5", "-o", str(out)],
+                   check=True, capture_output=True)
+    r = happy.random_like(5)
+    assert r == bipo.SteeringVector.load(out)
+    np.testing.assert_allclose(list(r.norms().values()), list(happy.norms().values()), rtol=1e-5)
+    with pytest.raises(bipo.BipoError, match="method"):
+        bipo.baseline(model, _pairs_csv(tmp_path), "lda", layers=3)

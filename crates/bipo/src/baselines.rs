@@ -78,6 +78,50 @@ pub fn pair_differences(
     )?))
 }
 
+/// Activations of both responses of every pair in the file `data` at `layers` (A/B
+/// files: at the answer letter; pair files: per `read_at`, reading the answer itself,
+/// not the end-of-sequence token training appends). Returns the reads, the file's
+/// sha256 and the records skipped under `skip_invalid` ("line N: reason").
+#[allow(clippy::too_many_arguments)]
+pub fn reads_of_file(
+    lm: &crate::load::LoadedModel,
+    template: &crate::text::ChatTemplate,
+    data: &std::path::Path,
+    layers: &[usize],
+    read_at: ReadAt,
+    system: Option<&str>,
+    skip_invalid: bool,
+    progress: impl FnMut(usize, usize),
+) -> Result<(PairReads, String, Vec<String>)> {
+    use crate::eval::ab;
+    let n = lm.model.num_layers();
+    if let Some(&l) = layers.iter().find(|&&l| l >= n) {
+        return Err(Error::invalid(
+            format!("layer {l}"),
+            format!("the model has {n} layers (0..{})", n - 1),
+        ));
+    }
+    let is_ab = ab::is_ab_file(data);
+    let (examples, skipped) = if is_ab {
+        let ex = ab::examples(&ab::load_ab(data)?, &lm.tokenizer, template, system)?;
+        (ex, Vec::new())
+    } else {
+        let d = crate::data::load_pairs_with(data, skip_invalid)?;
+        let mut ex = crate::train::bipo::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
+        for e in &mut ex {
+            e.responses.iter_mut().for_each(|r| {
+                if r.len() > 1 {
+                    r.pop();
+                }
+            });
+        }
+        (ex, d.skipped)
+    };
+    let read_at = if is_ab { ReadAt::Last } else { read_at };
+    let reads = pair_reads(&lm.model, examples, layers, read_at, progress)?;
+    Ok((reads, crate::util::file_sha256(data)?, skipped))
+}
+
 /// matching - opposite, per layer and pair.
 pub fn differences_of(reads: &PairReads) -> PairDiffs {
     reads

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bipo::baselines::{self, PairReads, ReadAt};
-use bipo::eval::ab;
 use bipo::load::LoadedModel;
 use bipo::text::ChatTemplate;
 use bipo::util::layers::LayerSpec;
@@ -96,33 +95,26 @@ pub fn reads(
             lm.model.num_layers()
         );
     }
-    let is_ab = ab::is_ab_file(data);
-    let examples = if is_ab {
-        ab::examples(&ab::load_ab(data)?, &lm.tokenizer, template, system)?
-    } else {
-        let d = bipo::data::load_pairs_with(data, skip_invalid)?;
-        for s in &d.skipped {
-            crate::note!("skipped {s}");
-        }
-        let mut ex = bipo::train::bipo::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
-        // Read the answer itself, not the end-of-sequence token appended for training.
-        for e in &mut ex {
-            e.responses.iter_mut().for_each(|r| {
-                if r.len() > 1 {
-                    r.pop();
-                }
-            });
-        }
-        ex
-    };
-    let read_at = if is_ab { ReadAt::Last } else { read_at };
-    let pb = bar(examples.len() as u64);
+    let pb = bar(0);
     pb.set_message(format!("activations at layers {layers:?}"));
-    let reads = baselines::pair_reads(&lm.model, examples, layers, read_at, |d, _| {
-        pb.set_position(d as u64)
-    })?;
+    let (reads, sha, skipped) = baselines::reads_of_file(
+        lm,
+        template,
+        data,
+        layers,
+        read_at,
+        system,
+        skip_invalid,
+        |d, n| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64)
+        },
+    )?;
     pb.finish_and_clear();
-    Ok((reads, bipo::util::file_sha256(data)?))
+    for s in &skipped {
+        crate::note!("skipped {s}");
+    }
+    Ok((reads, sha))
 }
 
 /// The neutral text's token ids: `file`'s paragraphs, or bipo's own.

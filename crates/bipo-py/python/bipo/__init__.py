@@ -22,8 +22,8 @@ import numpy as np
 from . import _bipo
 from ._bipo import BipoError
 
-__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "TrainResult", "set_threads", "train",
-           "__version__"]
+__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "TrainResult", "baseline", "set_threads",
+           "train", "__version__"]
 __version__ = _bipo.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -84,6 +84,15 @@ class SteeringVector:
     @property
     def hidden_size(self) -> int:
         return next(iter(self.layers.values())).size
+
+    def random_like(self, seed: int = 0) -> "SteeringVector":
+        """A seeded random direction per layer with this vector's norms (a control)."""
+        layers, meta = _bipo.random_like(self._raw(), int(seed))
+        return SteeringVector._from_raw(layers, meta)
+
+    @classmethod
+    def _from_raw(cls, layers: Dict[int, bytes], meta: str) -> "SteeringVector":
+        return cls({l: np.frombuffer(b, dtype="<f4").copy() for l, b in layers.items()}, json.loads(meta))
 
     def norms(self) -> Dict[int, float]:
         return {l: float(np.linalg.norm(a)) for l, a in self.layers.items()}
@@ -259,3 +268,16 @@ def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, res
     with open(os.path.join(os.fspath(out), "run.json")) as f:
         record = json.load(f)
     return TrainResult(vec, steps, os.fspath(out), record)
+
+
+def baseline(model: Model, data: PathLike, method: str = "caa", *, layers: Union[int, Sequence[int]],
+             read_at: str = "mean", system: Optional[str] = None, template: Optional[str] = None,
+             skip_invalid: bool = False) -> SteeringVector:
+    """A baseline vector from a pairs file, as ``bipo baseline``: ``"caa"`` (mean
+    difference matching - opposite), ``"pca"`` (first principal component of the
+    differences) or ``"mean-centring"``, at ``layers``. ``read_at``: ``"mean"`` over the
+    response tokens or ``"last"`` (A/B files always read at the answer letter).
+    For a random control use ``vector.random_like(seed)``."""
+    ls = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(l) for l in layers]
+    raw, meta = _bipo.baseline(model._m, os.fspath(data), method, ls, read_at, system, template, skip_invalid)
+    return SteeringVector._from_raw(raw, meta)
