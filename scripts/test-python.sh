@@ -9,7 +9,10 @@ venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q "maturin>=1.5,<2" "numpy>=1.21" pytest
-cargo build --release -q -p bipo-cli
+# `cargo test --workspace --release` (scripts/test.sh) has built the CLI the tests
+# compare with; building it again alone would resolve other dependency features and
+# recompile candle and bipo.
+[ -x target/release/bipo ] || cargo build --release -q -p bipo-cli
 "$venv/bin/maturin" build --release --strip -q -m crates/bipo-py/Cargo.toml -o "$venv/wheels"
 wheel=$(ls "$venv"/wheels/*.whl)
 echo "wheel: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)"
