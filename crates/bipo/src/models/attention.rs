@@ -191,27 +191,38 @@ impl Attention {
         self.o_proj.forward(&out, mode)
     }
 
-    /// The inference path on CPU: projections, then [`attention_cpu::attention`].
-    fn forward_fused(
-        &self,
-        xs: &Tensor,
-        pos: usize,
-        rope: &Rope,
-        cache: Option<&mut LayerCache>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
-        let flat = |x: Tensor| -> Result<Vec<f32>> { Ok(x.flatten_all()?.to_vec1::<f32>()?) };
-        let mut q = flat(self.q_proj.forward(xs, Mode::Fast)?)?;
-        let mut k = flat(self.k_proj.forward(xs, Mode::Fast)?)?;
-        let v = flat(self.v_proj.forward(xs, Mode::Fast)?)?;
+    /// The q, k and v projections of xs as flat f32 rows (the CPU inference path).
+    fn qkv_f32(&self, xs: &Tensor) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let flat = |p: &Linear| -> Result<Vec<f32>> {
+            Ok(p.forward(xs, Mode::Fast)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok((
+            flat(&self.q_proj)?,
+            flat(&self.k_proj)?,
+            flat(&self.v_proj)?,
+        ))
+    }
+
+    /// The per-head q and k norms as (f32 weight, eps), for [`attention_cpu`].
+    fn head_norms_f32(&self) -> Result<[Option<(Vec<f32>, f32)>; 2]> {
         let norm = |n: &Option<RmsNorm>| -> Result<Option<(Vec<f32>, f32)>> {
             n.as_ref()
                 .map(|n| Ok((n.weight_f32()?, n.eps() as f32)))
                 .transpose()
         };
-        let (qn, kn) = (norm(&self.q_norm)?, norm(&self.k_norm)?);
-        let shape = attention_cpu::AttnShape {
-            batch: b,
+        Ok([norm(&self.q_norm)?, norm(&self.k_norm)?])
+    }
+
+    /// This layer's shapes and tables for [`attention_cpu::attention`].
+    fn cpu_shape<'a>(
+        &self,
+        batch: usize,
+        t: usize,
+        rope: &'a Rope,
+        [qn, kn]: &'a [Option<(Vec<f32>, f32)>; 2],
+    ) -> attention_cpu::AttnShape<'a> {
+        attention_cpu::AttnShape {
+            batch,
             t,
             heads: self.num_heads,
             kv_heads: self.num_kv_heads,
@@ -223,7 +234,21 @@ impl Attention {
             softcap: self.softcap.map(|c| c as f32),
             q_norm: qn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
             k_norm: kn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
-        };
+        }
+    }
+
+    /// The inference path on CPU: projections, then [`attention_cpu::attention`].
+    fn forward_fused(
+        &self,
+        xs: &Tensor,
+        pos: usize,
+        rope: &Rope,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let (mut q, mut k, v) = self.qkv_f32(xs)?;
+        let norms = self.head_norms_f32()?;
+        let shape = self.cpu_shape(b, t, rope, &norms);
         let mut scratch = attention_cpu::KvLayer::default();
         let (cache, pos) = match cache {
             Some(c) => (&mut c.fast, pos),
@@ -261,30 +286,9 @@ impl Attention {
             (true, Some(r)) => r,
             _ => global,
         };
-        let flat = |x: Tensor| -> Result<Vec<f32>> { Ok(x.flatten_all()?.to_vec1::<f32>()?) };
-        let mut q = flat(self.q_proj.forward(xs, Mode::Fast)?)?; // (b, h*hd)
-        let mut k = flat(self.k_proj.forward(xs, Mode::Fast)?)?; // (b, kvh*hd)
-        let v = flat(self.v_proj.forward(xs, Mode::Fast)?)?;
-        let norm = |n: &Option<RmsNorm>| -> Result<Option<(Vec<f32>, f32)>> {
-            n.as_ref()
-                .map(|n| Ok((n.weight_f32()?, n.eps() as f32)))
-                .transpose()
-        };
-        let (qn, kn) = (norm(&self.q_norm)?, norm(&self.k_norm)?);
-        let shape = attention_cpu::AttnShape {
-            batch: 1,
-            t: 1,
-            heads: h,
-            kv_heads: kvh,
-            head_dim: hd,
-            cos: &rope.cos_f32,
-            sin: &rope.sin_f32,
-            window: self.window,
-            scale: self.scale as f32,
-            softcap: self.softcap.map(|c| c as f32),
-            q_norm: qn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
-            k_norm: kn.as_ref().map(|(w, e)| (w.as_slice(), *e)),
-        };
+        let (mut q, mut k, v) = self.qkv_f32(xs)?; // (b, h*hd), (b, kvh*hd) x2
+        let norms = self.head_norms_f32()?;
+        let shape = self.cpu_shape(1, 1, rope, &norms);
         let rows: Vec<Vec<f32>> = q
             .par_chunks_mut(h * hd)
             .zip(k.par_chunks_mut(kvh * hd))
