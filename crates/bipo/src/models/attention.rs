@@ -89,6 +89,9 @@ pub struct StepCtx<'a> {
     pub mode: Mode,
 }
 
+/// A per-head norm as (f32 weight, eps), or none.
+type HeadNorm = Option<(Vec<f32>, f32)>;
+
 /// Grouped-query self-attention of one layer.
 #[derive(Debug)]
 pub struct Attention {
@@ -204,7 +207,7 @@ impl Attention {
     }
 
     /// The per-head q and k norms as (f32 weight, eps), for [`attention_cpu`].
-    fn head_norms_f32(&self) -> Result<[Option<(Vec<f32>, f32)>; 2]> {
+    fn head_norms_f32(&self) -> Result<[HeadNorm; 2]> {
         let norm = |n: &Option<RmsNorm>| -> Result<Option<(Vec<f32>, f32)>> {
             n.as_ref()
                 .map(|n| Ok((n.weight_f32()?, n.eps() as f32)))
@@ -219,7 +222,7 @@ impl Attention {
         batch: usize,
         t: usize,
         rope: &'a Rope,
-        [qn, kn]: &'a [Option<(Vec<f32>, f32)>; 2],
+        [qn, kn]: &'a [HeadNorm; 2],
     ) -> attention_cpu::AttnShape<'a> {
         attention_cpu::AttnShape {
             batch,
