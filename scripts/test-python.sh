@@ -8,7 +8,7 @@ scripts/fetch-model.sh >/dev/null
 venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q "maturin>=1.5,<2" "numpy>=1.21" pytest
+"$venv/bin/pip" install -q "maturin>=1.5,<2" "numpy>=1.21" pytest tqdm pandas
 # `cargo test --workspace --release` (scripts/test.sh) has built the CLI the tests
 # compare with; building it again alone would resolve other dependency features and
 # recompile candle and bipo.

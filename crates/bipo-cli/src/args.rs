@@ -115,14 +115,11 @@ pub fn keep_layer_range(v: &mut SteeringVector, range: &[usize]) -> Result<bool>
 
 /// Largest multiplier magnitude accepted: far beyond any useful steering strength
 /// (typical ones are below 20), small enough that the activations stay finite.
-pub const MAX_MULTIPLIER: f32 = 1e4;
+pub const MAX_MULTIPLIER: f32 = bipo::eval::pipeline::MAX_MULTIPLIER;
 
 /// Refuses non-finite and absurd multipliers.
 pub fn check_multiplier(x: f32) -> Result<()> {
-    if !x.is_finite() || x.abs() > MAX_MULTIPLIER {
-        bail!("invalid multiplier {x}: must be finite and within ±{MAX_MULTIPLIER}");
-    }
-    Ok(())
+    Ok(bipo::eval::pipeline::check_multiplier(x)?)
 }
 
 impl SteerArgs {

@@ -148,7 +148,10 @@ def test_train_equals_bipo_train_bit_for_bit(tmp_path, model):
     ref = bipo.SteeringVector.load(cli / "vector.safetensors")
     assert list(r.vector.layers) == [12]
     assert np.array_equal(r.vector.layers[12], ref.layers[12]), "not the CLI's vector bit for bit"
-    assert r.steps == 8 and [d["step"] for d in seen] == list(range(1, 9))
+    steps = [d for d in seen if d["kind"] == "step"]
+    assert r.steps == 8 and [d["step"] for d in steps] == list(range(1, 9))
+    assert {d["total"] for d in steps} == {8}
+    assert [d["epoch"] for d in seen if d["kind"] == "epoch"] == [1, 2]
     assert r.record["config"]["layer"] == 12 and r.record["data"]["sha256"]
     # The same pairs as Python dicts train the same vector.
     rows = [dict(question=q, matching=m, not_matching=n) for q, m, n in

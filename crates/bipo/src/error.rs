@@ -45,6 +45,9 @@ pub enum Error {
     /// corrupt weights): stopped rather than reporting garbage.
     #[error("non-finite values in {0}")]
     NonFinite(String),
+    /// The caller asked to stop (a progress callback returned this error, e.g. on Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
     /// A tensor operation failed (shape mismatch, device error).
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
@@ -113,6 +116,8 @@ impl Error {
             | Error::NonFinite(_)
             | Error::Hub(_) => 2,
             Error::Tokenizer(_) | Error::Tensor(_) | Error::Judge(_) => 1,
+            // The shell's convention for SIGINT.
+            Error::Interrupted => 130,
         }
     }
 }

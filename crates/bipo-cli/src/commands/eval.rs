@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::progress::Progress;
 use anyhow::{bail, Context, Result};
-use bipo::eval::ab::{self, AbItem};
-use bipo::eval::judge::{Judge, JudgeConfig};
-use bipo::eval::open_ended::{self, Question};
+use bipo::eval::pipeline::{self, EvalConfig, JudgeSettings};
 use bipo::eval::report::{DataFile, Report};
-use bipo::eval::{damage, EvalData, EvalOptions, DEFAULT_EVAL_BATCH};
+use bipo::eval::DEFAULT_EVAL_BATCH;
 use bipo::load::LoadedModel;
 use bipo::SteeringVector;
 
@@ -104,16 +102,14 @@ pub struct Args {
 
 /// Whether `eval` writes a file of this name into its output folder.
 pub fn eval_writes(name: &str) -> bool {
-    name.starts_with("report.")
-        || name == "answers.jsonl"
-        || name.ends_with(".png")
-        || name.ends_with(".svg")
+    pipeline::writes_eval_file(name)
 }
 
 impl EvalFlags {
     /// Checks the flags and the output folder before any model is loaded: values in
     /// range, no input overwritten, the folder writable.
     pub fn check(&self, inputs: &[(&str, &Path)], written: impl Fn(&str) -> bool) -> Result<()> {
+        // The library checks these too (EvalConfig::check); here they name the flags.
         if self.multipliers.is_empty() {
             bail!("invalid --multipliers: the list is empty");
         }
@@ -136,19 +132,39 @@ impl EvalFlags {
         bipo::util::fs::ensure_writable_dir(&self.out)?;
         Ok(())
     }
+
+    /// The library's evaluation settings for these flags.
+    pub fn config(&self, title: String) -> EvalConfig {
+        let judge = self.judge_url.as_ref().map(|url| JudgeSettings {
+            url: url.clone(),
+            model: self.judge_model.clone(),
+            api_key: self
+                .judge_key
+                .clone()
+                .or_else(|| std::env::var("OPENAI_API_KEY").ok()),
+            behaviour: self.behaviour.clone(),
+            cache_dir: Some(self.out.join("judge-cache")),
+        });
+        EvalConfig {
+            data: self.data.clone(),
+            multipliers: self.multipliers.clone(),
+            positions: self.positions,
+            neutral: self.neutral.clone(),
+            damage: !self.no_damage,
+            open_ended: self.open_ended,
+            max_tokens: self.max_tokens,
+            batch: self.batch,
+            system: self.system.clone(),
+            template: self.template.clone(),
+            limit: self.limit,
+            judge,
+            title,
+        }
+    }
 }
 
 pub fn bar(len: u64) -> Progress {
     Progress::new(len, "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}")
-}
-
-fn data_file(path: &Path, kind: &str, n: usize) -> Result<DataFile> {
-    Ok(DataFile {
-        path: path.display().to_string(),
-        sha256: bipo::util::file_sha256(path)?,
-        kind: kind.into(),
-        examples: n,
-    })
 }
 
 /// Runs the whole evaluation and writes the report into `flags.out`.
@@ -156,178 +172,22 @@ pub fn run_eval(
     lm: &LoadedModel,
     vectors: &[SteeringVector],
     flags: &EvalFlags,
-    mut extra_data: Vec<DataFile>,
+    extra_data: Vec<DataFile>,
     title: &str,
 ) -> Result<Report> {
-    let template = crate::args::chat_template(lm, flags.template.as_deref())?;
-    let cut = |n: usize| flags.limit.map_or(n, |l| l.min(n));
-    let (mut ab_items, mut pairs): (Option<Vec<AbItem>>, Option<Vec<_>>) = (None, None);
-    let mut files = Vec::new();
-    for p in &flags.data {
-        if ab::is_ab_file(p) {
-            let mut items = ab::load_ab(p)?;
-            items.truncate(cut(items.len()));
-            files.push(data_file(p, "ab", items.len())?);
-            ab_items.get_or_insert_with(Vec::new).extend(items);
-        } else {
-            let mut d = bipo::data::load_pairs(p)?.pairs;
-            d.truncate(cut(d.len()));
-            files.push(data_file(p, "pairs", d.len())?);
-            pairs.get_or_insert_with(Vec::new).extend(d);
-        }
-    }
-    let neutral = if flags.no_damage {
-        Vec::new()
-    } else if let Some(p) = &flags.neutral {
-        let text = bipo::util::read_text(p)?;
-        let paras = damage::paragraphs(&text);
-        files.push(data_file(p, "neutral", paras.len())?);
-        paras
-    } else {
-        damage::paragraphs(damage::NEUTRAL_TEXT)
-    };
-    files.append(&mut extra_data);
-    let opts = EvalOptions {
-        multipliers: flags.multipliers.clone(),
-        batch: flags.batch,
-        system: flags.system.clone(),
-        positions: flags.positions,
-    };
-    let data = EvalData {
-        ab: ab_items.as_deref(),
-        pairs: pairs.as_deref(),
-        neutral: &neutral,
-    };
+    // The CLI's hint for a model without a chat template.
+    crate::args::chat_template(lm, flags.template.as_deref())?;
+    let cfg = flags.config(title.into());
     let pb = bar(1);
-    let reports = bipo::eval::evaluate(
-        lm,
-        &template,
-        vectors,
-        &data,
-        &opts,
-        |stage, done, total| {
-            pb.set_message(stage.to_string());
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-        },
-    )?;
+    let out = pipeline::run(lm, vectors, &cfg, extra_data, |stage, done, total| {
+        pb.set_message(stage.to_string());
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+        Ok(())
+    })?;
     pb.finish_and_clear();
-    std::fs::create_dir_all(&flags.out).with_context(|| flags.out.display().to_string())?;
-    let open = open_ended_answers(
-        lm,
-        &template,
-        vectors,
-        flags,
-        ab_items.as_deref(),
-        pairs.as_deref(),
-    )?;
-    let model_sha = lm
-        .path
-        .is_file()
-        .then(|| bipo::util::file_sha256(&lm.path))
-        .transpose()?;
-    let report = Report {
-        title: title.into(),
-        tool: format!("bipo {}", env!("CARGO_PKG_VERSION")),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        model: lm.model.info.source.clone(),
-        model_sha256: model_sha,
-        command: bipo::util::redact::this_command_line(),
-        data: files,
-        multipliers: flags.multipliers.clone(),
-        vectors: reports,
-        open_ended: open,
-        extra: serde_json::Value::Null,
-    };
-    report.write(&flags.out)?;
-    Ok(report)
-}
-
-/// Greedy answers (and judge scores) written to OUT/answers.jsonl; returns a summary.
-fn open_ended_answers(
-    lm: &LoadedModel,
-    template: &bipo::text::ChatTemplate,
-    vectors: &[SteeringVector],
-    flags: &EvalFlags,
-    ab_items: Option<&[AbItem]>,
-    pairs: Option<&[bipo::data::PreferencePair]>,
-) -> Result<Option<serde_json::Value>> {
-    if flags.open_ended == 0 {
-        return Ok(None);
-    }
-    let questions: Vec<Question> = match (pairs, ab_items) {
-        (Some(p), _) => p
-            .iter()
-            .map(|p| Question {
-                question: p.question.clone(),
-                matching: p.matching.clone(),
-                opposite: p.not_matching.clone(),
-            })
-            .collect(),
-        (None, Some(items)) => items
-            .iter()
-            .map(|it| {
-                let (m, o) = if it.matching_is_b {
-                    (&it.b, &it.a)
-                } else {
-                    (&it.a, &it.b)
-                };
-                Question {
-                    question: it.question.clone(),
-                    matching: m.clone(),
-                    opposite: o.clone(),
-                }
-            })
-            .collect(),
-        (None, None) => return Ok(None),
-    };
-    let questions = &questions[..flags.open_ended.min(questions.len())];
-    let pb = bar(0);
-    pb.set_message("open-ended answers");
-    let mut answers = open_ended::answers(
-        lm,
-        template,
-        flags.system.as_deref(),
-        vectors,
-        &flags.multipliers,
-        questions,
-        flags.max_tokens,
-        flags.positions,
-        |d, n| {
-            pb.set_length(n as u64);
-            pb.set_position(d as u64);
-        },
-    )?;
-    pb.finish_and_clear();
-    let mut summary = serde_json::json!({ "answers": "answers.jsonl", "questions": questions.len(), "max_tokens": flags.max_tokens });
-    if let Some(url) = &flags.judge_url {
-        let mut cfg = JudgeConfig::new(url, &flags.judge_model);
-        cfg.api_key = flags
-            .judge_key
-            .clone()
-            .or_else(|| std::env::var("OPENAI_API_KEY").ok());
-        cfg.cache_dir = Some(flags.out.join("judge-cache"));
-        let judge = Judge::new(cfg);
-        let pb = bar(answers.len() as u64);
-        pb.set_message(format!("judging with {}", flags.judge_model));
-        open_ended::judge_all(&judge, &flags.behaviour, questions, &mut answers, |d, _| {
-            pb.set_position(d as u64)
-        })?;
-        pb.finish_and_clear();
-        summary["judge"] = serde_json::json!({
-            "url": bipo::util::redact::redact(url), "model": flags.judge_model, "requests": judge.requests(),
-            "mean_score": open_ended::score_summary(&answers),
-        });
-    }
-    let mut jsonl = String::new();
-    for a in &answers {
-        jsonl += &serde_json::to_string(a)?;
-        jsonl.push('\n');
-    }
-    bipo::util::write_atomic(&flags.out.join("answers.jsonl"), jsonl.as_bytes())?;
-    Ok(Some(summary))
+    out.write(&flags.out)?;
+    Ok(out.report)
 }
 
 /// Splits `FILE[:NAME]`: the suffix is a label unless the whole spec names a file.

@@ -158,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
                 &lm, &cfg, d, &train, &out, &name,
             )?);
         }
-        let r = bipo::eval::evaluate(&lm, &template, &vectors, &data, &opts, |_, _, _| {})?;
+        let r = bipo::eval::evaluate(&lm, &template, &vectors, &data, &opts, |_, _, _| Ok(()))?;
         let mut row = serde_json::json!({ "layer": l, "norm": v.norms()[&l] });
         for (prefix, vr) in ["", "bipo_"].iter().zip(&r) {
             if let [lo, zero, hi] = vr.ab_probability.as_slice() {

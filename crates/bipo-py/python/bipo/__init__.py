@@ -19,11 +19,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from . import _bipo
+from . import _bipo, _progress
 from ._bipo import BipoError
 
-__all__ = ["BipoError", "Generation", "Model", "SteeringVector", "TrainResult", "baseline", "set_threads",
-           "train", "__version__"]
+__all__ = ["BipoError", "Generation", "Model", "Report", "SteeringVector", "TrainResult", "baseline",
+           "evaluate", "set_threads", "train", "__version__"]
 __version__ = _bipo.__version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -140,6 +140,33 @@ class SteeringVector:
         span = f"{ls[0]}" if len(ls) == 1 else f"{len(ls)} layers {ls[0]}..{ls[-1]}"
         return f"SteeringVector({self.meta.get('name') or '?'}: {span}, width {self.hidden_size})"
 
+    def to_repeng(self, model_type: Optional[str] = None):
+        """This vector as a repeng ``ControlVector`` (needs ``pip install repeng``).
+        repeng keys ``directions`` by the decoder layer whose output it steers, as bipo
+        does, so the layers carry over unchanged. ``model_type`` defaults to "llama"
+        (what repeng writes into GGUF files for llama-like models)."""
+        try:
+            from repeng import ControlVector
+        except ImportError as e:
+            raise BipoError("to_repeng needs the repeng package (pip install repeng)") from e
+        return ControlVector(model_type=model_type or "llama",
+                             directions={l: a.copy() for l, a in self.layers.items()})
+
+    @classmethod
+    def from_repeng(cls, control_vector, name: str = "repeng") -> "SteeringVector":
+        """A bipo vector from a repeng ``ControlVector`` (or anything with a
+        ``directions`` dict of layer -> array), layers unchanged."""
+        directions = getattr(control_vector, "directions", None)
+        if not isinstance(directions, Mapping):
+            raise BipoError("from_repeng: expected a repeng ControlVector (an object with a `directions` dict)")
+        layers = {}
+        for l, a in directions.items():
+            a = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=np.float32)
+            layers[int(l)] = a.reshape(-1)
+        meta = {"name": name, "method": "repeng",
+                "extra": {"repeng_model_type": str(getattr(control_vector, "model_type", ""))}}
+        return cls(layers, meta)
+
 
 @dataclass
 class Generation:
@@ -212,6 +239,12 @@ class Model:
         ids, lps = self._m.logprobs(prompt, continuation, _vectors(vectors), chat)
         return ids, np.asarray(lps, dtype=np.float32)
 
+    def logits(self, ids: Sequence[int], vectors: Vectors = None) -> np.ndarray:
+        """Logits (``[len(ids), vocab]`` float32) of the token sequence ``ids`` exactly
+        as given (no template, no BOS added), steered at every position."""
+        n, vocab, raw = self._m.logits([int(i) for i in ids], _vectors(vectors))
+        return np.frombuffer(raw, dtype="<f4").reshape(n, vocab).copy()
+
     def __repr__(self):
         i = self.info
         return f"Model({i['family']}, {i['num_layers']} layers, width {i['hidden_size']}, {i['weights']})"
@@ -246,24 +279,30 @@ def _pairs(data) -> Union[str, List[Tuple[str, str, str]]]:
     return rows
 
 
-def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, resume: bool = False,
+def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, test=None, resume: bool = False,
           force: bool = False, progress=None, skip_invalid: bool = False, **settings) -> TrainResult:
     """Trains a BiPO steering vector, exactly as ``bipo train``.
 
     ``data``: a pairs file (CSV, JSON, JSONL in any format ``bipo train`` reads), a list
     of ``{question, matching, not_matching}`` dicts or tuples, or a pandas DataFrame
-    with those columns. ``out``: the run folder (an existing run is refused unless
-    ``force``; ``resume=True`` continues from its checkpoint). ``settings``: any
-    ``bipo train`` setting by its config name (epochs, lr, beta, batch_size, seed,
-    max_steps, positions, ...). ``progress(dict)`` is called after every step. Ctrl-C
-    (or an exception from ``progress``) stops after the current step with a checkpoint
+    with those columns. ``test``: held-out pairs in the same forms, measured after every
+    epoch (the run's metrics.jsonl and the ``progress`` reports). ``out``: the run folder
+    (an existing run is refused unless ``force``; ``resume=True`` continues from its
+    checkpoint). ``settings``: any ``bipo train`` setting by its config name (epochs,
+    lr, beta, batch_size, seed, max_steps, positions, ...). ``progress(dict)`` is called
+    after every step (``kind`` "step": step, total, epoch, loss, accuracy, vector_norm,
+    lr) and epoch (``kind`` "epoch": train_loss and the test losses); without it a tqdm
+    bar shows when tqdm is installed (``progress=False``: nothing). Ctrl-C (or an
+    exception from ``progress``) stops after the current step with a checkpoint
     written, then raises.
     """
     cfg = dict(settings)
     if layer is not None:
         cfg["layer"] = int(layer)
-    layers, meta, steps = _bipo.train(model._m, _pairs(data), os.fspath(out), json.dumps(cfg), resume, force,
-                                      progress, skip_invalid)
+    test_pairs = None if test is None else _pairs(test)
+    with _progress.for_training(progress) as report:
+        layers, meta, steps = _bipo.train(model._m, _pairs(data), os.fspath(out), json.dumps(cfg), resume, force,
+                                          report, skip_invalid, test_pairs)
     vec = SteeringVector({l: np.frombuffer(b, dtype="<f4").copy() for l, b in layers.items()}, json.loads(meta))
     with open(os.path.join(os.fspath(out), "run.json")) as f:
         record = json.load(f)
@@ -281,3 +320,6 @@ def baseline(model: Model, data: PathLike, method: str = "caa", *, layers: Union
     ls = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(l) for l in layers]
     raw, meta = _bipo.baseline(model._m, os.fspath(data), method, ls, read_at, system, template, skip_invalid)
     return SteeringVector._from_raw(raw, meta)
+
+
+from ._eval import Report, evaluate  # noqa: E402  (needs the classes above)

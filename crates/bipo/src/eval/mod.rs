@@ -10,6 +10,7 @@ pub mod ab;
 pub mod damage;
 pub mod judge;
 pub mod open_ended;
+pub mod pipeline;
 pub mod plot;
 pub mod report;
 
@@ -156,14 +157,15 @@ fn first_layer(v: &SteeringVector) -> usize {
 }
 
 /// Evaluates every vector at every multiplier on the given data. `progress(stage, done,
-/// total)` reports as it goes.
+/// total)` reports as it goes; an error it returns (e.g. [`Error::Interrupted`]) stops
+/// the evaluation at the next report and is returned.
 pub fn evaluate(
     lm: &LoadedModel,
     template: &ChatTemplate,
     vectors: &[SteeringVector],
     data: &EvalData,
     opts: &EvalOptions,
-    mut progress: impl FnMut(&str, usize, usize),
+    mut progress: impl FnMut(&str, usize, usize) -> Result<()>,
 ) -> Result<Vec<VectorReport>> {
     let m = &lm.model;
     if opts.multipliers.is_empty() {
@@ -221,7 +223,7 @@ pub fn evaluate(
                     &format!("{stage}: {} ({}/{})", v.meta.name, vi + 1, vectors.len()),
                     k,
                     settings.len(),
-                );
+                )?;
                 let t0 = Instant::now();
                 let lps = p.response_logps(s, opts.batch)?;
                 if !s.is_empty() {
@@ -277,7 +279,7 @@ pub fn evaluate(
             *st = Some(steerability(metric, &opts.multipliers, &per_m));
         }
         if !data.neutral.is_empty() {
-            progress(&format!("damage: {}", v.meta.name), 0, 1);
+            progress(&format!("damage: {}", v.meta.name), 0, 1)?;
             if let std::collections::hash_map::Entry::Vacant(e) = damage_sets.entry(layer) {
                 e.insert(damage::DamageSet::new(
                     m,
@@ -308,11 +310,21 @@ fn prepare<'m>(
     layer: usize,
     ex: Vec<Example>,
     stage: &str,
-    progress: &mut impl FnMut(&str, usize, usize),
+    progress: &mut impl FnMut(&str, usize, usize) -> Result<()>,
 ) -> Result<Prepared<'m>> {
-    Prepared::new(&lm.model, layer, ex, CACHE_BUDGET_BYTES, |d, n| {
-        progress(stage, d, n)
-    })
+    progress(stage, 0, ex.len())?;
+    // Preparation cannot stop half-way: a stop requested during it is returned when it
+    // ends.
+    let mut stopped = None;
+    let p = Prepared::new(&lm.model, layer, ex, CACHE_BUDGET_BYTES, |d, n| {
+        if stopped.is_none() {
+            stopped = progress(stage, d, n).err();
+        }
+    })?;
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(p),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,371 @@
+//! The whole evaluation as one call: read the data files, measure every vector at every
+//! multiplier ([`super::evaluate`]), write greedy open-ended answers (optionally scored
+//! by an LLM judge) and assemble the [`Report`]. `bipo eval`, `bipo compare` and the
+//! Python package's `bipo.evaluate` all run this; writing the files is separate
+//! ([`EvalOutput::write`]) so a caller can keep the results in memory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ab::{self, AbItem};
+use super::damage;
+use super::judge::{Judge, JudgeConfig};
+use super::open_ended::{self, Answer, Question};
+use super::report::{DataFile, Report};
+use super::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH, DEFAULT_MULTIPLIERS};
+use crate::data::PreferencePair;
+use crate::error::{Error, Result};
+use crate::load::LoadedModel;
+use crate::steer::Positions;
+use crate::text::ChatTemplate;
+use crate::vector::SteeringVector;
+
+/// Largest multiplier magnitude accepted anywhere (beyond it activations overflow).
+pub const MAX_MULTIPLIER: f32 = 1e4;
+
+/// Checks one multiplier: finite and within [`MAX_MULTIPLIER`].
+pub fn check_multiplier(x: f32) -> Result<()> {
+    if !x.is_finite() || x.abs() > MAX_MULTIPLIER {
+        return Err(Error::invalid(
+            format!("multiplier {x}"),
+            format!("must be finite and within ±{MAX_MULTIPLIER}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An OpenAI-compatible judge for the open-ended answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSettings {
+    /// Base URL (`http://host:port/v1`) or the full `.../chat/completions` URL.
+    pub url: String,
+    #[serde(default = "default_judge_model")]
+    pub model: String,
+    /// Never serialised (a run record must not hold secrets).
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    /// The behaviour as the rubric names it (e.g. "power-seeking").
+    #[serde(default = "default_behaviour")]
+    pub behaviour: String,
+    /// Verdicts are cached here (None: no cache).
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_judge_model() -> String {
+    "gpt-4o-mini".into()
+}
+
+fn default_behaviour() -> String {
+    "the target behaviour".into()
+}
+
+/// What to evaluate on and how; every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Test data: A/B question files (test_infer.csv, CAA JSON) and/or free-text
+    /// preference pairs, told apart by content.
+    pub data: Vec<PathBuf>,
+    pub multipliers: Vec<f32>,
+    /// Positions steered in the A/B and held-out pair measurements.
+    pub positions: Positions,
+    /// Neutral text for the damage check (paragraphs separated by blank lines);
+    /// None: bipo's own.
+    pub neutral: Option<PathBuf>,
+    /// Run the damage check (KL and perplexity on neutral text).
+    pub damage: bool,
+    /// Greedy answers to this many test questions per vector and multiplier.
+    pub open_ended: usize,
+    /// Longest open-ended answer, in tokens.
+    pub max_tokens: usize,
+    /// Examples per forward pass.
+    pub batch: usize,
+    pub system: Option<String>,
+    /// Built-in chat template (llama2, mistral) instead of the model's own.
+    pub template: Option<String>,
+    /// Use only the first N examples of each data file.
+    pub limit: Option<usize>,
+    pub judge: Option<JudgeSettings>,
+    pub title: String,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            data: Vec::new(),
+            multipliers: DEFAULT_MULTIPLIERS.to_vec(),
+            positions: Positions::All,
+            neutral: None,
+            damage: true,
+            open_ended: 4,
+            max_tokens: 48,
+            batch: DEFAULT_EVAL_BATCH,
+            system: None,
+            template: None,
+            limit: None,
+            judge: None,
+            title: "bipo eval".into(),
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Checks values before any model work: one-line errors naming the setting.
+    pub fn check(&self) -> Result<()> {
+        if self.data.is_empty() {
+            return Err(Error::invalid("data", "no test data file given"));
+        }
+        if self.multipliers.is_empty() {
+            return Err(Error::invalid("multipliers", "the list is empty"));
+        }
+        for &m in &self.multipliers {
+            check_multiplier(m)?;
+        }
+        if self.batch == 0 {
+            return Err(Error::invalid("batch 0", "must be >= 1"));
+        }
+        if self.max_tokens == 0 && self.open_ended > 0 {
+            return Err(Error::invalid(
+                "max_tokens 0",
+                "must be >= 1 (or set open_ended to 0)",
+            ));
+        }
+        if self.limit == Some(0) {
+            return Err(Error::invalid("limit 0", "must be >= 1"));
+        }
+        Ok(())
+    }
+}
+
+/// The model's chat template, or the built-in one named.
+pub fn template_of(lm: &LoadedModel, builtin: Option<&str>) -> Result<ChatTemplate> {
+    match builtin {
+        Some(name) => ChatTemplate::builtin(name),
+        None => lm.chat_template.clone().ok_or_else(|| {
+            Error::invalid(
+                "chat template",
+                "the model has none: choose a built-in template (llama2 or mistral)",
+            )
+        }),
+    }
+}
+
+/// A finished evaluation: the report and every open-ended answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalOutput {
+    pub report: Report,
+    pub answers: Vec<Answer>,
+}
+
+impl EvalOutput {
+    /// Writes report.json, report.md, the plots and (if any) answers.jsonl into `dir`,
+    /// each atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        self.report.write(dir)?;
+        if !self.answers.is_empty() {
+            let mut jsonl = String::new();
+            for a in &self.answers {
+                jsonl += &serde_json::to_string(a).expect("answers serialise");
+                jsonl.push('\n');
+            }
+            crate::util::write_atomic(&dir.join("answers.jsonl"), jsonl.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an evaluation writes a file of this name into its output folder.
+pub fn writes_eval_file(name: &str) -> bool {
+    name.starts_with("report.")
+        || name == "answers.jsonl"
+        || name.ends_with(".png")
+        || name.ends_with(".svg")
+}
+
+fn data_file(path: &Path, kind: &str, n: usize) -> Result<DataFile> {
+    Ok(DataFile {
+        path: path.display().to_string(),
+        sha256: crate::util::file_sha256(path)?,
+        kind: kind.into(),
+        examples: n,
+    })
+}
+
+/// Runs the whole evaluation of `vectors` (each checked against the model) as `cfg`
+/// says. `extra_data` lists further files the report should name (e.g. the training
+/// pairs of a comparison). `progress(stage, done, total)` reports as it goes; an error
+/// it returns (e.g. [`Error::Interrupted`]) stops the run soon after and is returned.
+pub fn run(
+    lm: &LoadedModel,
+    vectors: &[SteeringVector],
+    cfg: &EvalConfig,
+    extra_data: Vec<DataFile>,
+    mut progress: impl FnMut(&str, usize, usize) -> Result<()>,
+) -> Result<EvalOutput> {
+    cfg.check()?;
+    if vectors.is_empty() {
+        return Err(Error::invalid("vectors", "none given"));
+    }
+    let template = template_of(lm, cfg.template.as_deref())?;
+    let cut = |n: usize| cfg.limit.map_or(n, |l| l.min(n));
+    let (mut ab_items, mut pairs): (Option<Vec<AbItem>>, Option<Vec<_>>) = (None, None);
+    let mut files = Vec::new();
+    for p in &cfg.data {
+        if ab::is_ab_file(p) {
+            let mut items = ab::load_ab(p)?;
+            items.truncate(cut(items.len()));
+            files.push(data_file(p, "ab", items.len())?);
+            ab_items.get_or_insert_with(Vec::new).extend(items);
+        } else {
+            let mut d = crate::data::load_pairs(p)?.pairs;
+            d.truncate(cut(d.len()));
+            files.push(data_file(p, "pairs", d.len())?);
+            pairs.get_or_insert_with(Vec::new).extend(d);
+        }
+    }
+    let neutral = match (&cfg.neutral, cfg.damage) {
+        (_, false) => Vec::new(),
+        (Some(p), true) => {
+            let paras = damage::paragraphs(&crate::util::read_text(p)?);
+            files.push(data_file(p, "neutral", paras.len())?);
+            paras
+        }
+        (None, true) => damage::paragraphs(damage::NEUTRAL_TEXT),
+    };
+    files.extend(extra_data);
+    let opts = EvalOptions {
+        multipliers: cfg.multipliers.clone(),
+        batch: cfg.batch,
+        system: cfg.system.clone(),
+        positions: cfg.positions,
+    };
+    let data = EvalData {
+        ab: ab_items.as_deref(),
+        pairs: pairs.as_deref(),
+        neutral: &neutral,
+    };
+    let reports = super::evaluate(lm, &template, vectors, &data, &opts, &mut progress)?;
+    let questions = questions(ab_items.as_deref(), pairs.as_deref(), cfg.open_ended);
+    let (answers, open) = if questions.is_empty() {
+        (Vec::new(), None)
+    } else {
+        open_ended(lm, &template, vectors, cfg, &questions, &mut progress)?
+    };
+    let model_sha256 = lm
+        .path
+        .is_file()
+        .then(|| crate::util::file_sha256(&lm.path))
+        .transpose()?;
+    let report = Report {
+        title: cfg.title.clone(),
+        tool: format!("bipo {}", env!("CARGO_PKG_VERSION")),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: lm.model.info.source.clone(),
+        model_sha256,
+        command: crate::util::redact::this_command_line(),
+        data: files,
+        multipliers: cfg.multipliers.clone(),
+        vectors: reports,
+        open_ended: open,
+        extra: serde_json::Value::Null,
+    };
+    Ok(EvalOutput { report, answers })
+}
+
+/// The first `n` test questions with their matching and opposite answers (free-text
+/// pairs preferred over A/B items).
+fn questions(
+    ab_items: Option<&[AbItem]>,
+    pairs: Option<&[PreferencePair]>,
+    n: usize,
+) -> Vec<Question> {
+    match (pairs, ab_items) {
+        (Some(p), _) => p
+            .iter()
+            .take(n)
+            .map(|p| Question {
+                question: p.question.clone(),
+                matching: p.matching.clone(),
+                opposite: p.not_matching.clone(),
+            })
+            .collect(),
+        (None, Some(items)) => items
+            .iter()
+            .take(n)
+            .map(|it| {
+                let (m, o) = if it.matching_is_b {
+                    (&it.b, &it.a)
+                } else {
+                    (&it.a, &it.b)
+                };
+                Question {
+                    question: it.question.clone(),
+                    matching: m.clone(),
+                    opposite: o.clone(),
+                }
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    }
+}
+
+/// Greedy answers (and judge scores); returns them with the report's summary.
+fn open_ended(
+    lm: &LoadedModel,
+    template: &ChatTemplate,
+    vectors: &[SteeringVector],
+    cfg: &EvalConfig,
+    questions: &[Question],
+    progress: &mut impl FnMut(&str, usize, usize) -> Result<()>,
+) -> Result<(Vec<Answer>, Option<serde_json::Value>)> {
+    // These loops report without stopping: a stop request is returned after each.
+    let stopped = std::cell::Cell::new(None);
+    let mut report = |stage: &str, d, n| {
+        let first = stopped.take();
+        stopped.set(first.or_else(|| progress(stage, d, n).err()));
+    };
+    let mut answers = open_ended::answers(
+        lm,
+        template,
+        cfg.system.as_deref(),
+        vectors,
+        &cfg.multipliers,
+        questions,
+        cfg.max_tokens,
+        cfg.positions,
+        |d, n| report("open-ended answers", d, n),
+    )?;
+    if let Some(e) = stopped.take() {
+        return Err(e);
+    }
+    let mut summary = serde_json::json!({
+        "answers": "answers.jsonl",
+        "questions": questions.len(),
+        "max_tokens": cfg.max_tokens,
+    });
+    if let Some(j) = &cfg.judge {
+        let mut jc = JudgeConfig::new(&j.url, &j.model);
+        jc.api_key = j.api_key.clone();
+        jc.cache_dir = j.cache_dir.clone();
+        let judge = Judge::new(jc);
+        let stage = format!("judging with {}", j.model);
+        open_ended::judge_all(&judge, &j.behaviour, questions, &mut answers, |d, n| {
+            report(&stage, d, n)
+        })?;
+        if let Some(e) = stopped.take() {
+            return Err(e);
+        }
+        summary["judge"] = serde_json::json!({
+            "url": crate::util::redact::redact(&j.url),
+            "model": j.model,
+            "requests": judge.requests(),
+            "mean_score": open_ended::score_summary(&answers),
+        });
+    }
+    Ok((answers, Some(summary)))
+}

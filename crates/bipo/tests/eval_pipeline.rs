@@ -1,0 +1,125 @@
+//! The evaluation pipeline as a library call (what `bipo eval` and Python's
+//! `bipo.evaluate` run): settings from JSON with defaults, a stop request from the
+//! progress callback ends the run with `Error::Interrupted`, and the output written
+//! equals the output returned.
+
+mod common;
+
+use bipo::eval::pipeline::{self, EvalConfig};
+use bipo::load::{load, LoadOptions};
+use bipo::{Error, SteeringVector};
+
+fn test_pairs(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::root().join("data/optimism/test.csv")).unwrap();
+    let p = dir.join("test.csv");
+    let lines: Vec<&str> = text.lines().take(n + 1).collect();
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    p
+}
+
+#[test]
+fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_returns() {
+    let lm = load(
+        common::default_model().to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let happy =
+        bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = test_pairs(dir.path(), 3);
+    let json = format!(
+        r#"{{"data": [{:?}], "multipliers": [0, 2], "open_ended": 1, "max_tokens": 3}}"#,
+        data
+    );
+    let cfg: EvalConfig = serde_json::from_str(&json).unwrap();
+    assert!(cfg.damage && cfg.batch == bipo::eval::DEFAULT_EVAL_BATCH && cfg.judge.is_none());
+    let bad: Result<EvalConfig, _> = serde_json::from_str(r#"{"multiplier": [1]}"#);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field `multiplier`"));
+
+    // Stop at the third report: the run ends with Interrupted, not a partial report.
+    let mut reports = 0;
+    let r = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &cfg,
+        Vec::new(),
+        |_, _, _| {
+            reports += 1;
+            if reports == 3 {
+                Err(Error::Interrupted)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
+    assert_eq!(reports, 3, "no report after the stop request");
+    assert_eq!(Error::Interrupted.exit_code(), 130);
+
+    let mut stages = Vec::new();
+    let out = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &cfg,
+        Vec::new(),
+        |s, _, _| {
+            if stages.last().map(String::as_str) != Some(s) {
+                stages.push(s.to_string());
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(
+        stages.iter().any(|s| s.starts_with("held-out pairs")),
+        "{stages:?}"
+    );
+    assert!(
+        stages.iter().any(|s| s == "open-ended answers"),
+        "{stages:?}"
+    );
+    let v = &out.report.vectors[0];
+    assert_eq!(v.pref_margin.len(), 2);
+    assert!(
+        v.pref_margin[1].value > v.pref_margin[0].value,
+        "happy x2 raises the margin"
+    );
+    assert_eq!(v.kl[0].value, 0.0, "multiplier 0 does no damage");
+    assert_eq!(out.answers.len(), 2);
+    assert_eq!(out.report.data[0].kind, "pairs");
+    assert_eq!(out.report.data[0].examples, 3);
+
+    let o = dir.path().join("out");
+    out.write(&o).unwrap();
+    assert_eq!(
+        std::fs::read(o.join("report.json")).unwrap(),
+        serde_json::to_vec_pretty(&out.report).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(o.join("answers.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+
+    // Settings are checked before any work, naming the value.
+    let mut bad = cfg.clone();
+    bad.multipliers = vec![0.0, f32::NAN];
+    let e = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &bad,
+        Vec::new(),
+        |_, _, _| Ok(()),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("invalid multiplier NaN"), "{e}");
+    let wrong = SteeringVector::single(3, vec![1.0; 8], Default::default());
+    let e = pipeline::run(&lm, &[wrong], &cfg, Vec::new(), |_, _, _| Ok(())).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+}
