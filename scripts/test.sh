@@ -9,5 +9,7 @@ if [ -z "${BIPO_LLAMA_CPP_BIN:-}" ]; then
     echo "skipped: llama.cpp interop tests run as no-ops; set BIPO_LLAMA_CPP_BIN to llama.cpp's bin folder to run them"
 fi
 cargo test --release --workspace "$@"
+# The library example (train on in-code pairs, generate): two steps, to see it run.
+cargo run --release -q -p bipo --example steer -- models/SmolLM2-135M-Instruct.Q4_1.gguf 2 >/dev/null
 # The Python package (crates/bipo-py): maturin wheel into a throwaway venv, pytest.
 scripts/test-python.sh

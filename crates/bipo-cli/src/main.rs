@@ -116,7 +116,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::BenchServe(a) => commands::bench_serve::run(a),
         Command::Baseline(a) => commands::baseline::run(a),
         Command::Eval(a) => commands::eval::run(a),
-        Command::Report { dir } => bipo::eval::report::Report::read(&dir)
+        Command::Report { dir } => bipo::eval::pipeline::EvalOutput::read(&dir)
             .and_then(|r| r.write(&dir))
             .map_err(Into::into),
         Command::Compare(a) => commands::compare::run(a),

@@ -228,6 +228,61 @@ fn a_layer_sweep_scores_every_requested_layer() {
 }
 
 #[test]
+fn a_sweep_runs_on_free_text_pairs_alone_and_ranks_per_norm_and_per_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("sweep");
+    ok(&bipo(&[
+        "sweep-layers",
+        "-m",
+        &model(),
+        "--train",
+        &shared("wealth-seeking", "train.csv"),
+        "--skip-invalid-rows",
+        "--pairs",
+        &shared("wealth-seeking", "test.csv"),
+        "--layers",
+        "3,20",
+        "--limit",
+        "3",
+        "--train-limit",
+        "6",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    let rows = json(&out.join("sweep.json"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let (e, n, k) = (
+            r["margin_effect"].as_f64().unwrap(),
+            r["norm"].as_f64().unwrap(),
+            r["kl_plus"].as_f64().unwrap(),
+        );
+        assert!(k > 0.0, "the damage at +m is measured");
+        assert!((r["margin_effect_per_norm"].as_f64().unwrap() - e / n).abs() < 1e-9);
+        assert!((r["margin_effect_per_kl"].as_f64().unwrap() - e / k).abs() < 1e-9);
+    }
+    assert!(out.join("sweep-margin.png").is_file());
+    assert!(
+        !out.join("sweep.png").exists(),
+        "no A/B chart without A/B data"
+    );
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("margin effect per unit of CAA norm") && md.contains("per nat of damage"));
+    assert!(!md.contains("sweep.png"), "{md}");
+    let o = bipo(&[
+        "sweep-layers",
+        "-m",
+        &model(),
+        "--train",
+        &shared("wealth-seeking", "train.csv"),
+        "-o",
+        d.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "needs --data or --pairs");
+}
+
+#[test]
 fn eval_errors_name_the_bad_file_and_line() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("ab.csv");

@@ -5,11 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use bipo::data::{Dataset, PreferencePair};
-use bipo::run::{DataRecord, ModelRecord, RunRecord};
-use bipo::train::bipo::{tokenize, Prepared};
-use bipo::train::rundir::{writes_run_file, RunDir, Start};
-use bipo::train::{Event, TrainConfig, Trainer};
-use bipo::vector::{SteeringVector, VectorMeta};
+use bipo::train::pipeline::{self, Progress, TrainJob};
+use bipo::train::rundir::{writes_run_file, Start};
+use bipo::train::{Event, TrainConfig};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -25,34 +23,17 @@ fn dataset(data: &Bound<'_, PyAny>, skip_invalid: bool) -> PyResult<(Dataset, Op
     let rows: Vec<(String, String, String)> = data.extract().map_err(|_| {
         err("data: give a file path or a list of {question, matching, not_matching} pairs")
     })?;
-    let mut pairs = Vec::with_capacity(rows.len());
-    for (i, (q, m, n)) in rows.into_iter().enumerate() {
-        if q.trim().is_empty() || m.trim().is_empty() || n.trim().is_empty() {
-            return Err(err(format!("data: pair {i} has an empty field")));
-        }
-        pairs.push(PreferencePair {
-            question: q,
-            matching: m,
-            not_matching: n,
-        });
-    }
-    let json = serde_json::to_vec(
-        &pairs
-            .iter()
-            .map(|p| [&p.question, &p.matching, &p.not_matching])
-            .collect::<Vec<_>>(),
-    )
-    .map_err(err)?;
-    let sha256 = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&json));
-    Ok((
-        Dataset {
-            pairs,
-            sha256: format!("{sha256:x}"),
-            format: "python",
-            skipped: Vec::new(),
-        },
-        None,
-    ))
+    let pairs = rows
+        .into_iter()
+        .map(|(question, matching, not_matching)| PreferencePair {
+            question,
+            matching,
+            not_matching,
+        })
+        .collect();
+    let mut d = Dataset::from_pairs(pairs).map_err(|e| err(format!("data: {e}")))?;
+    d.format = "python";
+    Ok((d, None))
 }
 
 /// Trains a BiPO vector into the run folder `out` (as `bipo train`: run.json,
@@ -95,88 +76,54 @@ pub fn train<'py>(
         (_, true) => Start::Replace,
         _ => Start::Fresh,
     };
-    let template = template(lm, cfg.template.as_deref())?;
+    template(lm, cfg.template.as_deref())?;
     let python: &Path = "<python>".as_ref();
+    let mut job = TrainJob::new(
+        lm,
+        cfg,
+        &train_set,
+        data_path.as_deref().unwrap_or(python),
+        &out,
+    );
+    job.test = test_set
+        .as_ref()
+        .map(|(t, p)| (t, p.as_deref().unwrap_or(python)));
+    job.start = start;
     let stop = AtomicBool::new(false);
     let callback = Callback::new(progress, &stop);
-    let (v, steps) = interruptible(py, &stop, Some(&callback), || {
-        let run = RunDir::open(&out, start)?;
-        let record = RunRecord::new(
-            "bipo",
-            &cfg,
-            ModelRecord::of(lm)?,
-            DataRecord::of(data_path.as_deref().unwrap_or(python), &train_set),
-            test_set
-                .as_ref()
-                .map(|(t, p)| DataRecord::of(p.as_deref().unwrap_or(python), t)),
-        );
-        if !resume {
-            record.write(run.path())?;
-        }
-        let prep = |pairs: &[PreferencePair]| -> bipo::Result<Prepared> {
-            let ex = tokenize(pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
-            let mut p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |_, _| {})?;
-            p.set_positions(cfg.positions);
-            Ok(p)
-        };
-        let train_p = prep(&train_set.pairs)?;
-        let test_p = test_set.as_ref().map(|(t, _)| prep(&t.pairs)).transpose()?;
-        let per_epoch = cfg.steps_per_epoch(train_p.len());
-        let total = cfg
-            .max_steps
-            .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
-        let meta = VectorMeta {
-            name: format!("bipo-L{}", cfg.layer),
-            model: Some(lm.model.info.source.clone()),
-            method: Some("bipo".into()),
-            extra: [
-                (
-                    "config".to_string(),
-                    serde_json::to_string(&cfg).unwrap_or_default(),
-                ),
-                ("data_sha256".to_string(), train_set.sha256.clone()),
-            ]
-            .into(),
-        };
-        let trainer = Trainer {
-            cfg: cfg.clone(),
-            train: &train_p,
-            test: test_p.as_ref(),
-            out: &run,
-            meta,
-            inputs: record.inputs(),
-            checkpoint_every: bipo::train::trainer::DEFAULT_CHECKPOINT_EVERY,
-        };
-        let outcome = trainer.run(resume, &stop, |ev| {
-            callback.report(|d| match ev {
-                Event::Step(m) => {
-                    d.set_item("kind", "step")?;
-                    d.set_item("step", m.step + 1)?;
-                    d.set_item("total", total)?;
-                    d.set_item("epoch", m.epoch + 1)?;
-                    d.set_item("loss", m.loss)?;
-                    d.set_item("accuracy", m.accuracy)?;
-                    d.set_item("vector_norm", m.vector_norm)?;
-                    d.set_item("lr", m.lr)
-                }
-                Event::Epoch(e) => {
-                    d.set_item("kind", "epoch")?;
-                    d.set_item("epoch", e.epoch + 1)?;
-                    d.set_item("step", e.step)?;
-                    d.set_item("total", total)?;
-                    d.set_item("train_loss", e.train_loss)?;
-                    d.set_item("test_loss_plus", e.test_loss_plus)?;
-                    d.set_item("test_loss_minus", e.test_loss_minus)?;
-                    d.set_item("test_margin_plus", e.test_margin_plus)
-                }
-            });
-        })?;
-        let v: SteeringVector =
-            bipo::io::read_vector(&out.join(bipo::train::trainer::VECTOR_FILE))?;
-        Ok((v, outcome.steps))
+    let mut total = 0;
+    let done = interruptible(py, &stop, Some(&callback), || {
+        pipeline::run(&job, &stop, |p| match p {
+            Progress::Preparing { .. } => {}
+            Progress::Training { total: t, .. } => total = t,
+            Progress::Event(ev) => {
+                callback.report(|d| match ev {
+                    Event::Step(m) => {
+                        d.set_item("kind", "step")?;
+                        d.set_item("step", m.step + 1)?;
+                        d.set_item("total", total)?;
+                        d.set_item("epoch", m.epoch + 1)?;
+                        d.set_item("loss", m.loss)?;
+                        d.set_item("accuracy", m.accuracy)?;
+                        d.set_item("vector_norm", m.vector_norm)?;
+                        d.set_item("lr", m.lr)
+                    }
+                    Event::Epoch(e) => {
+                        d.set_item("kind", "epoch")?;
+                        d.set_item("epoch", e.epoch + 1)?;
+                        d.set_item("step", e.step)?;
+                        d.set_item("total", total)?;
+                        d.set_item("train_loss", e.train_loss)?;
+                        d.set_item("test_loss_plus", e.test_loss_plus)?;
+                        d.set_item("test_loss_minus", e.test_loss_minus)?;
+                        d.set_item("test_margin_plus", e.test_margin_plus)
+                    }
+                });
+            }
+        })
     })?;
-    let (layers, meta) = from_vector(py, &v)?;
-    Ok((layers, meta, steps))
+    let (layers, meta) = from_vector(py, &done.outcome.vector)?;
+    Ok((layers, meta, done.outcome.steps))
 }
 
 /// The run's settings: the given keys over the defaults, the layer defaulting to the

@@ -79,6 +79,17 @@ def test_evaluate_equals_bipo_eval(tmp_path, model, happy):
     assert wide.loc[2.0, "happy"] == margins[2.0]
 
 
+def test_evaluate_matches_vectors_in_norm(tmp_path, model, happy):
+    test = _csv(tmp_path, "test.csv", "test.csv", 2)
+    double = happy * 2.0
+    double.meta["name"] = "double"
+    r = bipo.evaluate(model, [happy, double], test, [0, 1], match="norm", damage=False, open_ended=0,
+                      progress=False)
+    a, b = r["vectors"]
+    assert a["scale"] == 1.0 and abs(b["scale"] - 0.5) < 1e-6
+    assert abs(a["pref_margin"][1]["value"] - b["pref_margin"][1]["value"]) < 1e-3
+
+
 def test_evaluate_errors(tmp_path, model, happy):
     test = _csv(tmp_path, "test.csv", "test.csv", 2)
     with pytest.raises(bipo.BipoError, match="multiplier inf"):
@@ -90,6 +101,8 @@ def test_evaluate_errors(tmp_path, model, happy):
     inside.write_text(test.read_text())
     with pytest.raises(bipo.BipoError, match="overwrite"):
         bipo.evaluate(model, happy, inside, out=inside.parent, progress=False)
+    with pytest.raises(bipo.BipoError, match="unknown variant `bogus`"):
+        bipo.evaluate(model, happy, test, match="bogus", progress=False)
     wide = bipo.SteeringVector.from_numpy({3: np.ones(8, dtype=np.float32)})
     with pytest.raises(bipo.BipoError, match="vectors\\[0\\]"):
         bipo.evaluate(model, wide, test, progress=False)

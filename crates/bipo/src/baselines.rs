@@ -197,13 +197,14 @@ pub fn caa(diffs: &PairDiffs, meta: VectorMeta) -> SteeringVector {
     }
 }
 
-/// Mean of block outputs at `layers` over every token of the `texts` (token ids), the
-/// reference set of mean-centring. Texts longer than the context are cut.
-pub fn neutral_means(
+/// Runs every text (cut to the context) through blocks 0..=max(layers) and hands each
+/// listed layer's block output, (1, t, hidden) in f32, to `visit`.
+fn visit_block_outputs(
     model: &Model,
     texts: &[Vec<u32>],
     layers: &[usize],
-) -> Result<BTreeMap<usize, Vec<f32>>> {
+    mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<()> {
     let top = *layers
         .iter()
         .max()
@@ -214,23 +215,39 @@ pub fn neutral_means(
             format!("{top} >= the model's {} layers", model.num_layers()),
         ));
     }
-    let h = model.hidden_size();
-    let mut sums: BTreeMap<usize, Vec<f64>> = layers.iter().map(|&l| (l, vec![0.0; h])).collect();
-    let mut count = 0usize;
     for ids in texts.iter().filter(|t| !t.is_empty()) {
         let ids = &ids[..ids.len().min(model.max_context())];
         let x = Tensor::new(ids, model.device())?.unsqueeze(0)?;
         let mut xs = model.embed(&x)?;
         for l in 0..=top {
             xs = model.run_blocks(&xs, l..l + 1, 0, None, &Steering::none(), Mode::Fast)?;
-            if let Some(acc) = sums.get_mut(&l) {
-                // (1, t, hidden) -> summed over t
-                let s: Vec<f32> = xs.to_dtype(DType::F32)?.sum((0, 1))?.to_vec1()?;
-                acc.iter_mut().zip(&s).for_each(|(a, x)| *a += *x as f64);
+            if layers.contains(&l) {
+                visit(l, &xs.to_dtype(DType::F32)?)?;
             }
         }
-        count += ids.len();
     }
+    Ok(())
+}
+
+/// Mean of block outputs at `layers` over every token of the `texts` (token ids), the
+/// reference set of mean-centring. Texts longer than the context are cut.
+pub fn neutral_means(
+    model: &Model,
+    texts: &[Vec<u32>],
+    layers: &[usize],
+) -> Result<BTreeMap<usize, Vec<f32>>> {
+    let h = model.hidden_size();
+    let mut sums: BTreeMap<usize, Vec<f64>> = layers.iter().map(|&l| (l, vec![0.0; h])).collect();
+    let mut tokens: BTreeMap<usize, usize> = BTreeMap::new();
+    visit_block_outputs(model, texts, layers, |l, xs| {
+        // (1, t, hidden) -> summed over t
+        let s: Vec<f32> = xs.sum((0, 1))?.to_vec1()?;
+        let acc = sums.get_mut(&l).expect("every listed layer has a sum");
+        acc.iter_mut().zip(&s).for_each(|(a, x)| *a += *x as f64);
+        *tokens.entry(l).or_default() += xs.dim(1)?;
+        Ok(())
+    })?;
+    let count = tokens.values().next().copied().unwrap_or(0);
     if count == 0 {
         return Err(Error::invalid("neutral text", "no tokens"));
     }
@@ -242,6 +259,48 @@ pub fn neutral_means(
         crate::util::check_finite(&format!("the neutral-text mean at layer {l}"), m)?;
     }
     Ok(means)
+}
+
+/// Mean L2 norm of the residual stream (block outputs) at `layers`, per token of the
+/// `texts`, leaving out each text's first token (its norm is typically an outlier many
+/// times the rest: the attention sink). A scale for steering vectors: a direction of
+/// norm `f x` this changes the residual stream by about `f` of its size.
+pub fn residual_norms(
+    model: &Model,
+    texts: &[Vec<u32>],
+    layers: &[usize],
+) -> Result<BTreeMap<usize, f32>> {
+    let mut sums: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    visit_block_outputs(model, texts, layers, |l, xs| {
+        let t = xs.dim(1)?;
+        if t > 1 {
+            // (1, t, hidden) -> norms of tokens 1..t
+            let n: Vec<f32> = xs
+                .narrow(1, 1, t - 1)?
+                .sqr()?
+                .sum(2)?
+                .sqrt()?
+                .flatten_all()?
+                .to_vec1()?;
+            let e = sums.entry(l).or_default();
+            e.0 += n.iter().map(|x| *x as f64).sum::<f64>();
+            e.1 += n.len();
+        }
+        Ok(())
+    })?;
+    let mut out = BTreeMap::new();
+    for &l in layers {
+        let (sum, n) = sums.get(&l).copied().unwrap_or_default();
+        let mean = (sum / n.max(1) as f64) as f32;
+        if n == 0 || !mean.is_finite() {
+            return Err(Error::invalid(
+                "neutral text",
+                "too short to measure the residual norm (needs texts of 2+ tokens)",
+            ));
+        }
+        out.insert(l, mean);
+    }
+    Ok(out)
 }
 
 /// Mean-centring: per layer, the mean matching-response activation minus the

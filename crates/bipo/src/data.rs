@@ -36,6 +36,32 @@ pub struct Dataset {
     pub skipped: Vec<String>,
 }
 
+impl Dataset {
+    /// Pairs made in code (not read from a file): each field must be non-empty; the
+    /// hash is of the pairs as a JSON array of [question, matching, not_matching].
+    pub fn from_pairs(pairs: Vec<PreferencePair>) -> Result<Self> {
+        for (i, p) in pairs.iter().enumerate() {
+            if [&p.question, &p.matching, &p.not_matching]
+                .iter()
+                .any(|f| f.trim().is_empty())
+            {
+                return Err(Error::invalid(format!("pair {i}"), "a field is empty"));
+            }
+        }
+        let rows: Vec<[&String; 3]> = pairs
+            .iter()
+            .map(|p| [&p.question, &p.matching, &p.not_matching])
+            .collect();
+        let json = serde_json::to_vec(&rows).expect("strings serialise");
+        Ok(Self {
+            pairs,
+            sha256: crate::util::sha256_hex(&json),
+            format: "in-memory",
+            skipped: Vec::new(),
+        })
+    }
+}
+
 fn bad(path: &Path, where_: String, reason: impl std::fmt::Display) -> Error {
     Error::bad_file(path, format!("{where_}: {reason}"))
 }

@@ -40,6 +40,11 @@ pub struct EvalFlags {
     /// Skip the damage check.
     #[arg(long)]
     pub no_damage: bool,
+    /// Make multipliers comparable: rescale every vector to the first one's L2 norm
+    /// (`norm`) or to the damage it does at multiplier 1 (`kl`: KL per token on the
+    /// neutral text) before measuring.
+    #[arg(long = "match", value_name = "none|norm|kl", default_value = "none")]
+    pub match_by: bipo::eval::matching::Match,
     /// Greedy answers to this many test questions per vector and multiplier (0 = none).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub open_ended: usize,
@@ -151,6 +156,7 @@ impl EvalFlags {
             positions: self.positions,
             neutral: self.neutral.clone(),
             damage: !self.no_damage,
+            match_by: self.match_by,
             open_ended: self.open_ended,
             max_tokens: self.max_tokens,
             batch: self.batch,

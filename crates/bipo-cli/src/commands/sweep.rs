@@ -1,5 +1,8 @@
 //! `bipo sweep-layers`: CAA at every layer (one activation pass), each scored on A/B
-//! questions at -m, 0 and +m, to choose the layer to steer.
+//! questions and/or held-out free-text pairs at -m, 0 and +m, with the damage it does
+//! (KL on neutral text at +m), to choose the layer to steer. Rankings are given raw, per
+//! unit of vector norm and per unit of damage: CAA's norm grows with depth, so the raw
+//! effect alone favours late layers.
 
 use std::path::PathBuf;
 
@@ -21,15 +24,18 @@ pub struct Args {
     /// Pairs the CAA vectors are computed from.
     #[arg(long, value_name = "FILE")]
     train: PathBuf,
-    /// A/B questions scored at every layer.
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    /// A/B questions scored at every layer (this and/or --pairs).
+    #[arg(long, value_name = "FILE", required_unless_present = "pairs")]
+    data: Option<PathBuf>,
     /// Built-in template (llama2, mistral) instead of the model's own.
     #[arg(long)]
     template: Option<String>,
     /// Held-out free-text pairs, also scored at every layer (mean log-prob margin).
     #[arg(long, value_name = "FILE")]
     pairs: Option<PathBuf>,
+    /// Skip the damage measurement (KL on bipo's neutral text at +m, per layer).
+    #[arg(long)]
+    no_damage: bool,
     /// Layers to try: N, A-B, A,B,C, -1 (the last), 0.5 (half depth) (default: all).
     #[arg(long, value_name = "LAYERS", allow_hyphen_values = true)]
     layers: Option<LayerSpec>,
@@ -70,8 +76,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut inputs = vec![
         ("--model", std::path::Path::new(&a.model.model)),
         ("--train", a.train.as_path()),
-        ("--data", a.data.as_path()),
     ];
+    inputs.extend(a.data.as_deref().map(|p| ("--data", p)));
     inputs.extend(a.pairs.as_deref().map(|p| ("--pairs", p)));
     inputs.extend(a.bipo_config.as_deref().map(|p| ("--bipo-config", p)));
     bipo::util::fs::check_output_dir(&inputs, "--out", &a.out, |n| {
@@ -110,8 +116,22 @@ pub fn run(a: Args) -> Result<()> {
         false,
     )?;
     let diffs = bipo::baselines::differences_of(&r);
-    let mut items = ab::load_ab(&a.data)?;
-    items.truncate(a.limit);
+    let items = match &a.data {
+        Some(p) => {
+            let mut items = ab::load_ab(p)?;
+            items.truncate(a.limit);
+            Some(items)
+        }
+        None => None,
+    };
+    let neutral: Vec<Vec<u32>> = if a.no_damage {
+        Vec::new()
+    } else {
+        bipo::eval::damage::paragraphs(bipo::eval::damage::NEUTRAL_TEXT)
+            .iter()
+            .map(|t| lm.tokenizer.encode(t, true))
+            .collect::<bipo::Result<_>>()?
+    };
     let m = a.multiplier;
     let opts = EvalOptions {
         multipliers: vec![-m, 0.0, m],
@@ -127,7 +147,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .transpose()?;
     let data = EvalData {
-        ab: Some(&items),
+        ab: items.as_deref(),
         pairs: pairs.as_deref(),
         neutral: &[],
     };
@@ -160,6 +180,15 @@ pub fn run(a: Args) -> Result<()> {
         }
         let r = bipo::eval::evaluate(&lm, &template, &vectors, &data, &opts, |_, _, _| Ok(()))?;
         let mut row = serde_json::json!({ "layer": l, "norm": v.norms()[&l] });
+        if !neutral.is_empty() {
+            let set = bipo::eval::damage::DamageSet::from_ids(&lm.model, neutral.clone(), l)?;
+            let st = bipo::steer::Steering::from_vectors(
+                &[(v.clone(), m)],
+                lm.model.device(),
+                lm.model.dtype(),
+            )?;
+            row["kl_plus"] = set.measure(&[st])?[0].kl.into();
+        }
         for (prefix, vr) in ["", "bipo_"].iter().zip(&r) {
             if let [lo, zero, hi] = vr.ab_probability.as_slice() {
                 row[format!("{prefix}p_minus")] = lo.value.into();
@@ -217,13 +246,15 @@ pub fn run(a: Args) -> Result<()> {
         out
     };
     std::fs::create_dir_all(&a.out)?;
-    LineChart {
-        title: format!("Layer sweep: p(matching) at multiplier -{m}, 0, +{m}"),
-        x_label: "layer".into(),
-        y_label: "p(matching answer)".into(),
-        series: series("p"),
+    if items.is_some() {
+        LineChart {
+            title: format!("Layer sweep: p(matching) at multiplier -{m}, 0, +{m}"),
+            x_label: "layer".into(),
+            y_label: "p(matching answer)".into(),
+            series: series("p"),
+        }
+        .write(&a.out.join("sweep"))?;
     }
-    .write(&a.out.join("sweep"))?;
     if pairs.is_some() {
         LineChart {
             title: format!("Layer sweep: held-out log-prob margin at multiplier -{m}, 0, +{m}"),
@@ -235,34 +266,48 @@ pub fn run(a: Args) -> Result<()> {
     }
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let mut md = format!(
-        "# Layer sweep\n\n- model: `{}`\n- command: `{}`\n- A/B questions: {} from `{}`\n\n\
-         ![sweep](sweep.png)\n\n\
-         | layer | CAA norm | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n|---|---|---|---|---|---|\n",
+        "# Layer sweep\n\n- model: `{}`\n- command: `{}`\n",
         lm.model.info.source,
         bipo::util::redact::this_command_line(),
-        items.len(),
-        a.data.display()
     );
-    for r in &rows {
+    let kl = |r: &serde_json::Value| {
+        r["kl_plus"]
+            .as_f64()
+            .map_or("-".to_string(), |k| format!("{k:.4}"))
+    };
+    if let (Some(items), Some(p)) = (&items, &a.data) {
         md += &format!(
-            "| {} | {:.2} | {:.4} | {:.4} | {:.4} | {:+.4} |\n",
-            r["layer"],
-            f(r, "norm"),
-            f(r, "p_minus"),
-            f(r, "p_zero"),
-            f(r, "p_plus"),
-            f(r, "effect")
+            "- A/B questions: {} from `{}`\n\n![sweep](sweep.png)\n\n\
+             | layer | CAA norm | KL(+{m}) | p(-{m}) | p(0) | p(+{m}) | effect p(+)-p(-) |\n\
+             |---|---|---|---|---|---|---|\n",
+            items.len(),
+            p.display()
         );
+        for r in &rows {
+            md += &format!(
+                "| {} | {:.2} | {} | {:.4} | {:.4} | {:.4} | {:+.4} |\n",
+                r["layer"],
+                f(r, "norm"),
+                kl(r),
+                f(r, "p_minus"),
+                f(r, "p_zero"),
+                f(r, "p_plus"),
+                f(r, "effect")
+            );
+        }
     }
     if pairs.is_some() {
         md += &format!(
             "\n![sweep-margin](sweep-margin.png)\n\n\
-             | layer | margin(-{m}) | margin(0) | margin(+{m}) | effect |\n|---|---|---|---|---|\n"
+             | layer | CAA norm | KL(+{m}) | margin(-{m}) | margin(0) | margin(+{m}) | effect |\n\
+             |---|---|---|---|---|---|---|\n"
         );
         for r in &rows {
             md += &format!(
-                "| {} | {:.3} | {:.3} | {:.3} | {:+.3} |\n",
+                "| {} | {:.2} | {} | {:.3} | {:.3} | {:.3} | {:+.3} |\n",
                 r["layer"],
+                f(r, "norm"),
+                kl(r),
                 f(r, "margin_minus"),
                 f(r, "margin_zero"),
                 f(r, "margin_plus"),
@@ -284,10 +329,32 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
-    // The layer with the largest effect, per metric that was measured.
+    // The layer with the largest effect, per metric that was measured: raw, per unit
+    // of CAA norm, and per unit of damage.
+    for r in rows.iter_mut() {
+        for key in ["effect", "margin_effect"] {
+            if let Some(e) = r[key].as_f64() {
+                let norm = f(r, "norm");
+                r[format!("{key}_per_norm")] = (e / norm).into();
+                if let Some(k) = r["kl_plus"].as_f64().filter(|k| *k > 0.0) {
+                    r[format!("{key}_per_kl")] = (e / k).into();
+                }
+            }
+        }
+    }
     for (key, what) in [
         ("effect", "A/B effect"),
+        ("effect_per_norm", "A/B effect per unit of CAA norm"),
+        ("effect_per_kl", "A/B effect per nat of damage (KL at +m)"),
         ("margin_effect", "margin effect"),
+        (
+            "margin_effect_per_norm",
+            "margin effect per unit of CAA norm",
+        ),
+        (
+            "margin_effect_per_kl",
+            "margin effect per nat of damage (KL at +m)",
+        ),
         ("bipo_margin_effect", "BiPO margin effect"),
     ] {
         let best = rows
@@ -302,6 +369,8 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
+    md += "\nThe raw effect grows with the vector's norm, and CAA's norm grows with depth: \
+           prefer the per-norm or per-damage ranking to choose a layer.\n";
     bipo::util::write_atomic(
         &a.out.join("sweep.json"),
         serde_json::to_string_pretty(&rows)?.as_bytes(),

@@ -5,12 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bipo::run::{DataRecord, ModelRecord, RunRecord};
-use bipo::train::bipo::{tokenize, Prepared};
-use bipo::train::rundir::{writes_run_file, RunDir, Start};
-use bipo::train::{Event, TrainConfig, Trainer};
+use bipo::train::pipeline::{Progress as TrainProgress, TrainJob};
+use bipo::train::rundir::{writes_run_file, Start};
+use bipo::train::{Event, TrainConfig};
 use bipo::util::layers::LayerSpec;
-use bipo::VectorMeta;
 
 use crate::args::ModelArgs;
 use crate::progress::Progress;
@@ -96,9 +94,6 @@ pub struct Args {
     skip_invalid_rows: bool,
 }
 
-/// Multipliers at which the held-out margin is reported after training.
-const MARGIN_MULTIPLIERS: [f32; 3] = [-1.0, 0.0, 1.0];
-
 /// The settings from `--config` and the flags, and whether a layer was given by either.
 fn config(a: &Args) -> Result<(TrainConfig, bool)> {
     let (mut c, layer_in_file) = match &a.config {
@@ -155,7 +150,6 @@ pub fn run(a: Args) -> Result<()> {
         (_, true) => Start::Replace,
         _ => Start::Fresh,
     };
-    let out = RunDir::open(&a.out, start)?;
     let train = bipo::data::load_pairs_with(&a.data, a.skip_invalid_rows)?;
     let test = a
         .test
@@ -190,81 +184,24 @@ pub fn run(a: Args) -> Result<()> {
             lm.model.num_layers() - 1
         );
     }
-    let template = crate::args::chat_template(&lm, cfg.template.as_deref())?;
-    let model_rec = ModelRecord::of(&lm)?;
-    let model_sha = model_rec.sha256.clone();
-    let record = RunRecord::new(
-        "bipo",
-        &cfg,
-        model_rec,
-        DataRecord::of(&a.data, &train),
-        a.test
-            .as_deref()
-            .zip(test.as_ref())
-            .map(|(p, t)| DataRecord::of(p, t)),
-    );
-    if !a.resume {
-        // A resumed run keeps the record of the run it continues (the checkpoint
-        // proves the inputs are the same).
-        record.write(out.path())?;
-    }
-    let prep = |pairs: &[bipo::data::PreferencePair], what: &str| -> Result<Prepared> {
-        let ex = tokenize(pairs, &lm.tokenizer, &template, cfg.system.as_deref())?;
-        let pb = Progress::new(
-            ex.len() as u64,
-            "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}",
-        );
-        pb.set_message(format!("caching layer {} states ({what})", cfg.layer));
-        let mut p = Prepared::new(&lm.model, cfg.layer, ex, cfg.cache_mb << 20, |done, _| {
-            pb.set_position(done as u64)
-        })?;
-        p.set_positions(cfg.positions);
-        pb.finish_and_clear();
-        Ok(p)
-    };
+    // The CLI's hint for a model without a chat template.
+    crate::args::chat_template(&lm, cfg.template.as_deref())?;
     for w in cfg.warnings(train.pairs.len(), lm.model.hidden_size()) {
         crate::note!("warning: {w}");
-    }
-    let train_p = prep(&train.pairs, "train")?;
-    let test_p = test.as_ref().map(|t| prep(&t.pairs, "test")).transpose()?;
-    if !train_p.is_cached() {
-        crate::note!(
-            "note: layer-{} states exceed --cache-mb {}; recomputing them every step",
-            cfg.layer,
-            cfg.cache_mb
-        );
     }
     let stem = a
         .data
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let meta = VectorMeta {
-        name: format!("bipo-{stem}-L{}", cfg.layer),
-        model: Some(format!(
-            "{} {}",
-            lm.model.info.source,
-            model_sha
-                .as_deref()
-                .map(|s| format!("sha256:{s}"))
-                .unwrap_or_default()
-        )),
-        method: Some("bipo".into()),
-        extra: [
-            ("config".to_string(), serde_json::to_string(&cfg)?),
-            ("data_sha256".to_string(), train.sha256.clone()),
-        ]
-        .into(),
-    };
-    let trainer = Trainer {
-        cfg: cfg.clone(),
-        train: &train_p,
-        test: test_p.as_ref(),
-        out: &out,
-        meta,
-        inputs: record.inputs(),
-        checkpoint_every: a.checkpoint_every,
-    };
+    let mut job = TrainJob::new(&lm, cfg.clone(), &train, &a.data, &a.out);
+    job.test = a
+        .test
+        .as_deref()
+        .and_then(|p| test.as_ref().map(|t| (t, p)));
+    job.start = start;
+    job.name = format!("bipo-{stem}-L{}", cfg.layer);
+    job.checkpoint_every = a.checkpoint_every;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -279,41 +216,40 @@ pub fn run(a: Args) -> Result<()> {
         })
         .context("installing the Ctrl-C handler")?;
     }
-    let per_epoch = cfg.steps_per_epoch(train_p.len());
-    let total = cfg
-        .max_steps
-        .map_or(per_epoch * cfg.epochs, |m| m.min(per_epoch * cfg.epochs));
-    let pb = Progress::new(
-        total as u64,
-        "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-    );
-    pb.set_message("training");
-    let outcome = trainer.run(a.resume, &stop, |ev| match ev {
-        Event::Step(m) => {
-            pb.set_position(m.step as u64 + 1);
-            pb.set_message(format!(
-                "training  epoch {} loss {:.4} acc {:.2} |v| {:.3}",
-                m.epoch + 1,
-                m.loss,
-                m.accuracy,
-                m.vector_norm
-            ));
+    let prep = Progress::new(0, "{spinner} {msg} [{bar:30}] {pos}/{len} {eta}");
+    let mut bar: Option<Progress> = None;
+    let done = bipo::train::pipeline::run(&job, &stop, |p| match p {
+        TrainProgress::Preparing { what, done, total } => {
+            prep.set_message(format!("caching layer {} states ({what})", cfg.layer));
+            prep.set_length(total as u64);
+            prep.set_position(done as u64);
         }
-        Event::Epoch(e) => {
-            let test = match (e.test_loss_plus, e.test_loss_minus, e.test_margin_plus) {
-                (Some(p), Some(m), Some(g)) => {
-                    format!(", test loss +v {p:.4} -v {m:.4}, test margin +v {g:+.4}")
-                }
-                _ => String::new(),
-            };
-            pb.println(format!(
-                "epoch {}: train loss {:.4}{test}",
-                e.epoch + 1,
-                e.train_loss
-            ));
+        TrainProgress::Training { total, cached } => {
+            prep.finish_and_clear();
+            if !cached {
+                crate::note!(
+                    "note: layer-{} states exceed --cache-mb {}; recomputing them every step",
+                    cfg.layer,
+                    cfg.cache_mb
+                );
+            }
+            let b = Progress::new(
+                total as u64,
+                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+            );
+            b.set_message("training");
+            bar = Some(b);
+        }
+        TrainProgress::Event(ev) => {
+            if let Some(pb) = &bar {
+                report(pb, ev);
+            }
         }
     })?;
-    pb.finish_and_clear();
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    let outcome = done.outcome;
     let path = a.out.join(bipo::train::trainer::VECTOR_FILE);
     if outcome.interrupted {
         crate::note!(
@@ -328,24 +264,40 @@ pub fn run(a: Args) -> Result<()> {
         outcome.steps,
         path.display()
     );
-    if let Some(test) = &test_p {
-        // The held-out preference margin must rise with the multiplier.
-        let v = candle_core::Tensor::new(
-            outcome.vector.layers[&cfg.layer].as_slice(),
-            lm.model.device(),
-        )?;
-        let mut rows = Vec::new();
-        for m in MARGIN_MULTIPLIERS {
-            let margin = test.mean_margin(&v, m, cfg.batch_size)?;
-            crate::note!(
-                "test mean log-prob margin (matching - opposite) at multiplier {m:+}: {margin:.4}"
-            );
-            rows.push(serde_json::json!({"multiplier": m, "mean_margin": margin}));
-        }
-        bipo::util::write_atomic(
-            &a.out.join(bipo::train::rundir::TEST_MARGINS_FILE),
-            serde_json::to_string_pretty(&rows)?.as_bytes(),
-        )?;
+    for (m, margin) in done.test_margins {
+        crate::note!(
+            "test log-prob margin (matching - opposite, summed over tokens) at multiplier {m:+}: {margin:.4}"
+        );
     }
     Ok(())
+}
+
+/// A training step on the bar, an epoch as a line that stays.
+fn report(pb: &Progress, ev: Event) {
+    match ev {
+        Event::Step(m) => {
+            pb.set_position(m.step as u64 + 1);
+            pb.set_message(format!(
+                "training  epoch {} loss {:.4} acc {:.2} |v| {:.3}",
+                m.epoch + 1,
+                m.loss,
+                m.accuracy,
+                m.vector_norm
+            ));
+        }
+        Event::Epoch(e) => {
+            let test = match (e.test_loss_plus, e.test_loss_minus, e.test_margin_plus) {
+                (Some(p), Some(m), Some(g)) => format!(
+                    ", test loss +v {p:.4} -v {m:.4}, test reward margin +v {g:+.4} \
+                     (beta x log-prob gain over the unsteered model)"
+                ),
+                _ => String::new(),
+            };
+            pb.println(format!(
+                "epoch {}: train loss {:.4}{test}",
+                e.epoch + 1,
+                e.train_loss
+            ));
+        }
+    }
 }

@@ -60,22 +60,45 @@ enum Cmd {
         model_hint: String,
     },
     /// Rescale to a given norm, so vectors of different methods compare at equal
-    /// strength: `normalize IN OUT --norm 4` (the whole vector) or `--per-layer`.
+    /// strength: `normalize IN OUT --norm 4` (the whole vector) or `--per-layer`; or
+    /// every layer to a fraction of the model's residual-stream norm at that layer:
+    /// `normalize IN OUT --to-residual 0.1 -m MODEL`.
     Normalize {
         input: PathBuf,
         output: PathBuf,
         /// Target L2 norm (> 0).
-        #[arg(long)]
-        norm: f32,
+        #[arg(
+            long,
+            required_unless_present = "to_residual",
+            conflicts_with = "to_residual"
+        )]
+        norm: Option<f32>,
         /// Give every layer's direction this norm (default: the vector as a whole).
         #[arg(long)]
         per_layer: bool,
+        /// Give every layer's direction this fraction of the mean residual-stream norm
+        /// at that layer (block outputs on neutral text, first token left out); needs -m.
+        #[arg(long, value_name = "FRACTION", requires = "model")]
+        to_residual: Option<f32>,
+        /// The model whose residual norms --to-residual uses.
+        #[arg(
+            long,
+            short = 'm',
+            value_name = "FILE|FOLDER|HUB-ID",
+            env = "BIPO_MODEL"
+        )]
+        model: Option<String>,
+        /// Neutral text for --to-residual (paragraphs separated by blank lines; default:
+        /// bipo's own).
+        #[arg(long, value_name = "FILE")]
+        neutral: Option<PathBuf>,
         #[arg(long, default_value = "llama")]
         model_hint: String,
     },
     /// Weighted sum of vectors: `-o OUT A.gguf:1 B.safetensors:0.5`.
     Combine {
-        #[arg(short, long)]
+        /// Output file (.safetensors or .gguf); `--out` also works, as elsewhere.
+        #[arg(short, long, visible_alias = "out")]
         output: PathBuf,
         #[arg(required = true, value_name = "FILE[:WEIGHT]")]
         inputs: Vec<String>,
@@ -184,9 +207,10 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Normalize {
             input,
             output,
-            norm,
+            norm: Some(norm),
             per_layer,
             model_hint,
+            ..
         } => {
             if !(norm.is_finite() && norm > 0.0 && norm <= crate::args::MAX_MULTIPLIER) {
                 bail!("invalid --norm {norm}: must be > 0 and finite");
@@ -209,6 +233,53 @@ pub fn run(a: Args) -> Result<()> {
             }
             write(&v, &output, &model_hint)?;
         }
+        Cmd::Normalize {
+            input,
+            output,
+            to_residual: Some(f),
+            model: Some(model),
+            neutral,
+            model_hint,
+            ..
+        } => {
+            if !(f.is_finite() && f > 0.0 && f <= crate::args::MAX_MULTIPLIER) {
+                bail!("invalid --to-residual {f}: must be > 0 and finite");
+            }
+            let mut v = bipo::io::read_vector(&input)?;
+            let lm = bipo::load::load(&model, &Default::default())?;
+            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+                .with_context(|| input.display().to_string())?;
+            let text = match &neutral {
+                Some(p) => bipo::util::read_text(p)?,
+                None => bipo::eval::damage::NEUTRAL_TEXT.to_string(),
+            };
+            let ids = bipo::eval::damage::paragraphs(&text)
+                .iter()
+                .map(|t| lm.tokenizer.encode(t, true))
+                .collect::<bipo::Result<Vec<_>>>()?;
+            let layers: Vec<usize> = v.layers.keys().copied().collect();
+            let norms = bipo::baselines::residual_norms(&lm.model, &ids, &layers)?;
+            for (l, d) in v.layers.iter_mut() {
+                let n = d.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if n == 0.0 {
+                    bail!(
+                        "{}: layer {l} is all zeros; it has no direction to rescale",
+                        input.display()
+                    );
+                }
+                let target = f * norms[l];
+                crate::note!(
+                    "layer {l}: residual norm {:.3}, direction norm {n:.4} -> {target:.4}",
+                    norms[l]
+                );
+                d.iter_mut().for_each(|x| *x *= target / n);
+            }
+            v.meta
+                .extra
+                .insert("normalized_to_residual".into(), f.to_string());
+            write(&v, &output, &model_hint)?;
+        }
+        Cmd::Normalize { .. } => unreachable!("clap requires --norm or --to-residual with -m"),
         Cmd::Info { file, json: false } => {
             let v = bipo::io::read_vector(&file)?;
             crate::outln!("name:    {}", v.meta.name)?;

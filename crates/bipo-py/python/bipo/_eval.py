@@ -17,6 +17,7 @@ METRICS = (
     ("ab_probability", "A/B: probability of the matching answer"),
     ("ab_letter_a", "A/B: probability of the letter A"),
     ("pref_margin", "held-out pairs: mean log-prob margin matching - opposite"),
+    ("pref_margin_per_token", "held-out pairs: the margin with each response's log-prob per token"),
     ("pref_accuracy", "held-out pairs: fraction with a positive margin"),
     ("kl", "damage: KL(unsteered || steered) per token on neutral text"),
     ("perplexity", "damage: perplexity on neutral text"),
@@ -58,7 +59,8 @@ class Report(dict):
 
 def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipliers: Optional[Sequence[float]] = None,
              *, out: Optional[PathLike] = None, positions: str = "all", open_ended: int = 4, max_tokens: int = 48,
-             damage: bool = True, neutral: Optional[PathLike] = None, batch: Optional[int] = None,
+             damage: bool = True, match: str = "none", neutral: Optional[PathLike] = None,
+             batch: Optional[int] = None,
              limit: Optional[int] = None, system: Optional[str] = None, template: Optional[str] = None,
              judge_url: Optional[str] = None, judge_model: str = "gpt-4o-mini", judge_key: Optional[str] = None,
              behaviour: str = "the target behaviour", title: str = "bipo eval", progress=None) -> Report:
@@ -69,6 +71,8 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
     ``multipliers``: default -2, -1, -0.5, 0, 0.5, 1, 2. Measured: the A/B probability of
     the matching answer, held-out preference margins and accuracy, per-sample
     steerability, damage (KL and perplexity on neutral text; ``damage=False`` skips it),
+    with every vector first rescaled to the first one's norm (``match="norm"``) or damage
+    at multiplier 1 (``match="kl"``) when asked (its ``scale`` is in the report),
     and greedy answers to ``open_ended`` questions, scored by the judge at ``judge_url``
     when given (an OpenAI-compatible server, e.g. ``bipo serve``). With ``out`` the
     report, plots and answers are also written there. ``progress(dict)`` gets stage,
@@ -88,6 +92,7 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
         "open_ended": int(open_ended),
         "max_tokens": int(max_tokens),
         "damage": bool(damage),
+        "match": match,
         "neutral": None if neutral is None else os.fspath(neutral),
         "limit": limit,
         "system": system,

@@ -9,6 +9,7 @@
 pub mod ab;
 pub mod damage;
 pub mod judge;
+pub mod matching;
 pub mod open_ended;
 pub mod pipeline;
 pub mod plot;
@@ -83,8 +84,17 @@ pub struct VectorReport {
     /// chance with a letter bias shows it here.
     #[serde(default)]
     pub ab_letter_a: Vec<Point>,
-    /// Mean log-prob margin matching - opposite (held-out pairs), per multiplier.
+    /// Scale applied before measuring, when vectors were matched (in norm or KL) to the
+    /// first one ([`matching`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// Mean log-prob margin matching - opposite (held-out pairs), per multiplier: summed
+    /// over each response's tokens, so longer answers weigh more.
     pub pref_margin: Vec<Point>,
+    /// The same margin with each response's log-prob divided by its token count
+    /// (free of the length bias of the summed margin).
+    #[serde(default)]
+    pub pref_margin_per_token: Vec<Point>,
     /// Fraction of pairs whose margin is positive, per multiplier.
     pub pref_accuracy: Vec<Point>,
     pub steerability_ab: Option<Steerability>,
@@ -258,6 +268,14 @@ pub fn evaluate(
                     r.pref_margin.push(Point {
                         multiplier: *mult,
                         value: diffs.iter().sum::<f64>() / n,
+                    });
+                    let per_token = lps.iter().zip(ex.iter()).map(|(l, e)| {
+                        let len = |i: usize| e.responses[i].len().max(1) as f64;
+                        l[0] as f64 / len(0) - l[1] as f64 / len(1)
+                    });
+                    r.pref_margin_per_token.push(Point {
+                        multiplier: *mult,
+                        value: per_token.sum::<f64>() / n,
                     });
                     r.pref_accuracy.push(Point {
                         multiplier: *mult,

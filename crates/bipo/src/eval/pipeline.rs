@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::ab::{self, AbItem};
 use super::damage;
 use super::judge::{Judge, JudgeConfig};
+use super::matching::{self, Match};
 use super::open_ended::{self, Answer, Question};
 use super::report::{DataFile, Report};
 use super::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH, DEFAULT_MULTIPLIERS};
@@ -77,6 +78,9 @@ pub struct EvalConfig {
     pub neutral: Option<PathBuf>,
     /// Run the damage check (KL and perplexity on neutral text).
     pub damage: bool,
+    /// Rescale every vector to the first one's norm or damage before measuring.
+    #[serde(rename = "match")]
+    pub match_by: Match,
     /// Greedy answers to this many test questions per vector and multiplier.
     pub open_ended: usize,
     /// Longest open-ended answer, in tokens.
@@ -100,6 +104,7 @@ impl Default for EvalConfig {
             positions: Positions::All,
             neutral: None,
             damage: true,
+            match_by: Match::None,
             open_ended: 4,
             max_tokens: 48,
             batch: DEFAULT_EVAL_BATCH,
@@ -161,10 +166,28 @@ pub struct EvalOutput {
 }
 
 impl EvalOutput {
+    /// Reads `dir/report.json` and, when present, `dir/answers.jsonl`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let report = Report::read(dir)?;
+        let p = dir.join("answers.jsonl");
+        let mut answers = Vec::new();
+        if p.is_file() {
+            for (i, line) in crate::util::read_text(&p)?.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                answers.push(serde_json::from_str(line).map_err(|e| {
+                    Error::bad_file(&p, format!("line {}: not an answer: {e}", i + 1))
+                })?);
+            }
+        }
+        Ok(Self { report, answers })
+    }
+
     /// Writes report.json, report.md, the plots and (if any) answers.jsonl into `dir`,
     /// each atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        self.report.write(dir)?;
+        self.report.write(dir, &self.answers)?;
         if !self.answers.is_empty() {
             let mut jsonl = String::new();
             for a in &self.answers {
@@ -226,7 +249,9 @@ pub fn run(
             pairs.get_or_insert_with(Vec::new).extend(d);
         }
     }
-    let neutral = match (&cfg.neutral, cfg.damage) {
+    // Neutral text: for the damage check, and to match vectors in KL.
+    let wants_neutral = cfg.damage || cfg.match_by == Match::Kl;
+    let neutral = match (&cfg.neutral, wants_neutral) {
         (_, false) => Vec::new(),
         (Some(p), true) => {
             let paras = damage::paragraphs(&crate::util::read_text(p)?);
@@ -235,6 +260,15 @@ pub fn run(
         }
         (None, true) => damage::paragraphs(damage::NEUTRAL_TEXT),
     };
+    if cfg.match_by != Match::None {
+        progress(
+            &format!("matching in {:?}", cfg.match_by).to_lowercase(),
+            0,
+            1,
+        )?;
+    }
+    let (matched, scales) = matching::matched(lm, vectors, cfg.match_by, &neutral)?;
+    let vectors = matched.as_slice();
     files.extend(extra_data);
     let opts = EvalOptions {
         multipliers: cfg.multipliers.clone(),
@@ -245,9 +279,14 @@ pub fn run(
     let data = EvalData {
         ab: ab_items.as_deref(),
         pairs: pairs.as_deref(),
-        neutral: &neutral,
+        neutral: if cfg.damage { &neutral } else { &[] },
     };
-    let reports = super::evaluate(lm, &template, vectors, &data, &opts, &mut progress)?;
+    let mut reports = super::evaluate(lm, &template, vectors, &data, &opts, &mut progress)?;
+    if cfg.match_by != Match::None {
+        for (r, s) in reports.iter_mut().zip(&scales) {
+            r.scale = Some(*s);
+        }
+    }
     let questions = questions(ab_items.as_deref(), pairs.as_deref(), cfg.open_ended);
     let (answers, open) = if questions.is_empty() {
         (Vec::new(), None)

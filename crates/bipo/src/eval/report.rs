@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::open_ended::Answer;
 use super::plot::{LineChart, Series};
 use super::{Point, Steerability, VectorReport};
 use crate::error::{Error, Result};
@@ -66,6 +67,12 @@ const METRICS: &[Metric] = &[
         |r| &r.pref_margin,
     ),
     (
+        "pref_margin_per_token",
+        "Held-out pairs: mean log-prob margin per token",
+        "logp(matching)/tokens - logp(opposite)/tokens",
+        |r| &r.pref_margin_per_token,
+    ),
+    (
         "pref_accuracy",
         "Held-out pairs: accuracy (margin > 0)",
         "fraction",
@@ -84,6 +91,21 @@ const METRICS: &[Metric] = &[
         |r| &r.perplexity,
     ),
 ];
+
+/// Longest answer shown in report.md (answers.jsonl has them whole).
+const ANSWER_CHARS: usize = 300;
+
+/// Text as one Markdown table cell: pipes escaped, line breaks as <br>, cut to
+/// [`ANSWER_CHARS`] characters.
+fn cell(text: &str) -> String {
+    let mut t: String = text.chars().take(ANSWER_CHARS).collect();
+    if text.chars().count() > ANSWER_CHARS {
+        t.push('…');
+    }
+    t.replace('|', "\\|")
+        .replace("\r\n", "<br>")
+        .replace('\n', "<br>")
+}
 
 fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 {
@@ -118,11 +140,17 @@ impl Report {
             );
         }
         let _ = writeln!(s, "- tool: {}\n", self.tool);
-        s += "## Vectors\n\n| vector | method | layers | norm |\n|---|---|---|---|\n";
+        let scaled = self.vectors.iter().any(|v| v.scale.is_some());
+        s += "## Vectors\n\n| vector | method | layers | norm |";
+        s += if scaled {
+            " matched scale |\n|---|---|---|---|---|\n"
+        } else {
+            "\n|---|---|---|---|\n"
+        };
         for v in &self.vectors {
             let layers: Vec<String> = v.norms.keys().map(|l| l.to_string()).collect();
             let norm = v.norms.values().map(|n| n * n).sum::<f32>().sqrt();
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "| {} | {} | {} | {:.3} |",
                 v.name,
@@ -130,12 +158,32 @@ impl Report {
                 layers.join(","),
                 norm
             );
+            if scaled {
+                let _ = write!(
+                    s,
+                    " {} |",
+                    v.scale.map_or("-".into(), |x| format!("{x:.4}"))
+                );
+            }
+            s += "\n";
         }
+        if scaled {
+            s += "\nVectors were rescaled to match the first one before measuring (the \
+                  norm column is after scaling).\n";
+        }
+        let charts: Vec<&str> = self.charts().into_iter().map(|(stem, _)| stem).collect();
+        let img = |stem: &str| {
+            if charts.contains(&stem) {
+                format!("![{stem}]({stem}.png)")
+            } else {
+                String::new()
+            }
+        };
         for (stem, title, _, get) in METRICS {
             if self.vectors.iter().all(|v| get(v).is_empty()) {
                 continue;
             }
-            let _ = write!(s, "\n## {title}\n\n![{stem}]({stem}.png)\n\n| vector |");
+            let _ = write!(s, "\n## {title}\n\n{}\n\n| vector |", img(stem));
             self.multipliers.iter().for_each(|m| {
                 let _ = write!(s, " {m} |");
             });
@@ -161,9 +209,15 @@ impl Report {
             .filter_map(|(v, s)| s.as_ref().map(|s| (v, s)))
             .collect();
         if !st.is_empty() {
-            s += "\n## Per-sample steerability (slope of each sample's metric vs multiplier)\n\n\
-                  ![steerability_pref](steerability_pref.png) ![steerability_ab](steerability_ab.png)\n\n\
-                  | vector | metric | mean | std | p10 | median | p90 | anti-steerable |\n|---|---|---|---|---|---|---|---|\n";
+            let _ = write!(
+                s,
+                "\n## Per-sample steerability (slope of each sample's metric vs multiplier)\n\n\
+                 {} {}\n\n\
+                 | vector | metric | mean | std | p10 | median | p90 | anti-steerable |\n\
+                 |---|---|---|---|---|---|---|---|\n",
+                img("steerability_pref"),
+                img("steerability_ab")
+            );
             for (v, x) in st {
                 let q = |i: usize| x.quantiles.get(i).copied().map_or("-".into(), fmt);
                 let _ = writeln!(
@@ -180,6 +234,19 @@ impl Report {
                 );
             }
         }
+        let tradeoffs: Vec<&str> = charts
+            .iter()
+            .copied()
+            .filter(|c| c.ends_with("_vs_kl"))
+            .collect();
+        if !tradeoffs.is_empty() {
+            s += "\n## Effect against damage\n\nEach point is one multiplier: the effect it \
+                  buys (y) for the damage it does (x, KL per token on neutral text). At equal \
+                  damage, higher is better.\n\n";
+            for c in tradeoffs {
+                let _ = writeln!(s, "{}", img(c));
+            }
+        }
         if let Some(o) = &self.open_ended {
             let _ = writeln!(
                 s,
@@ -190,9 +257,41 @@ impl Report {
         s
     }
 
+    /// The Markdown summary with the open-ended answers as a table (each cut to
+    /// `ANSWER_CHARS` characters).
+    pub fn markdown_with_answers(&self, answers: &[Answer]) -> String {
+        let mut s = self.markdown();
+        if answers.is_empty() {
+            return s;
+        }
+        let judged = answers.iter().any(|a| a.score.is_some());
+        s += "\n| vector | multiplier | question | answer |";
+        s += if judged {
+            " score |\n|---|---|---|---|---|\n"
+        } else {
+            "\n|---|---|---|---|\n"
+        };
+        for a in answers {
+            let _ = write!(
+                s,
+                "| {} | {} | {} | {} |",
+                cell(&a.vector),
+                a.multiplier,
+                cell(&a.question),
+                cell(&a.answer)
+            );
+            if judged {
+                let _ = write!(s, " {} |", a.score.map_or("-".into(), |x| x.to_string()));
+            }
+            s += "\n";
+        }
+        s
+    }
+
     /// The charts: one per metric that has data.
     pub fn charts(&self) -> Vec<(&'static str, LineChart)> {
         let mut charts = self.metric_charts();
+        charts.extend(self.tradeoff_charts());
         type Get = fn(&VectorReport) -> Option<&Steerability>;
         let kinds: [(&str, &str, Get); 2] = [
             ("steerability_ab", "A/B", |v| v.steerability_ab.as_ref()),
@@ -239,6 +338,65 @@ impl Report {
         charts
     }
 
+    /// Effect against damage: per vector, (KL, effect) at each multiplier.
+    fn tradeoff_charts(&self) -> Vec<(&'static str, LineChart)> {
+        type Get = fn(&VectorReport) -> &Vec<Point>;
+        let effects: [(&str, &str, &str, Get); 3] = [
+            (
+                "ab_probability_vs_kl",
+                "A/B p(matching)",
+                "p(matching)",
+                |r| &r.ab_probability,
+            ),
+            (
+                "pref_margin_vs_kl",
+                "held-out margin",
+                "logp(matching) - logp(opposite)",
+                |r| &r.pref_margin,
+            ),
+            (
+                "pref_margin_per_token_vs_kl",
+                "held-out margin per token",
+                "per-token margin",
+                |r| &r.pref_margin_per_token,
+            ),
+        ];
+        let mut out = Vec::new();
+        for (stem, what, y, get) in effects {
+            let series: Vec<Series> = self
+                .vectors
+                .iter()
+                .filter(|v| !get(v).is_empty() && !v.kl.is_empty())
+                .map(|v| Series {
+                    name: v.name.clone(),
+                    points: get(v)
+                        .iter()
+                        .filter_map(|p| {
+                            let kl = v.kl.iter().find(|k| k.multiplier == p.multiplier)?;
+                            Some((kl.value, p.value))
+                        })
+                        .collect(),
+                })
+                .filter(|s| s.points.len() > 1)
+                .collect();
+            if !series.is_empty() {
+                out.push((
+                    stem,
+                    LineChart {
+                        title: format!(
+                            "{what} against damage, one point per multiplier ({})",
+                            self.title
+                        ),
+                        x_label: "KL(unsteered || steered) per token, neutral text".into(),
+                        y_label: y.into(),
+                        series,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
     fn metric_charts(&self) -> Vec<(&'static str, LineChart)> {
         METRICS
             .iter()
@@ -277,14 +435,16 @@ impl Report {
             .map_err(|e| Error::bad_file(&p, format!("not a bipo report: {e}")))
     }
 
-    /// Writes report.json, report.md and the plots into `dir` (created if needed).
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    /// Writes report.json, report.md (with `answers` inline) and the plots into `dir`
+    /// (created if needed).
+    pub fn write(&self, dir: &Path, answers: &[Answer]) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         for (stem, chart) in self.charts() {
             chart.write(&dir.join(stem))?;
         }
         let json = serde_json::to_vec_pretty(self).expect("report serialises");
         crate::util::write_atomic(&dir.join("report.json"), &json)?;
-        crate::util::write_atomic(&dir.join("report.md"), self.markdown().as_bytes())
+        let md = self.markdown_with_answers(answers);
+        crate::util::write_atomic(&dir.join("report.md"), md.as_bytes())
     }
 }

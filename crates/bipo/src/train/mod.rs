@@ -2,6 +2,7 @@
 
 pub mod bipo;
 pub mod config;
+pub mod pipeline;
 pub mod rundir;
 pub mod trainer;
 

@@ -16,6 +16,11 @@ use crate::error::{Error, Result};
 /// Buffer size for hashing large files.
 const HASH_CHUNK: usize = 1 << 20;
 
+/// SHA-256 of bytes, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 /// Hex SHA-256 of a file's bytes (model identity in run records and vector metadata).
 pub fn file_sha256(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
