@@ -66,8 +66,31 @@ impl ModelArgs {
             dtype: Some(dtype),
             train_weights,
         };
-        bipo::load::load(&self.model, &opts)
-            .with_context(|| format!("loading model {}", self.model))
+        let t0 = std::time::Instant::now();
+        let lm = bipo::load::load(&self.model, &opts)
+            .with_context(|| format!("loading model {}", self.model))?;
+        let m = &lm.model;
+        crate::verbose!(
+            "model {}: {} ({}), {} layers, width {}, context {}, weights {}, device {}, \
+             {} threads, {:?} kernels, chat template: {}, loaded in {:.2} s",
+            m.info.source,
+            m.info.family,
+            m.info.format,
+            m.num_layers(),
+            m.hidden_size(),
+            m.max_context(),
+            m.info.weights,
+            self.device,
+            rayon::current_num_threads(),
+            bipo::kernels::quant::kernels(),
+            if lm.chat_template.is_some() {
+                "yes"
+            } else {
+                "none"
+            },
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(lm)
     }
 }
 

@@ -20,6 +20,10 @@ struct Cli {
     /// Print only results, warnings and errors (no progress or notes).
     #[arg(long, short = 'q', global = true)]
     quiet: bool,
+    /// Also print details: the model as loaded (family, sizes, weights, device, kernels,
+    /// load time), threads, and the full settings of train and eval.
+    #[arg(long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     out::set_quiet(cli.quiet);
+    out::set_verbose(cli.verbose);
     if let Some(n) = cli.threads {
         // candle's own thread pool reads this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

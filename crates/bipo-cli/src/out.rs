@@ -79,6 +79,17 @@ pub fn quiet() -> bool {
     QUIET.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--verbose`: from now on [`verbose!`] lines are written too.
+pub fn set_verbose(v: bool) {
+    VERBOSE.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn verbose() -> bool {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Writes one line to standard error, ignoring failures; under `--quiet` only lines
 /// that start with `warning:` or `error:`.
 pub fn write_note(line: fmt::Arguments) {
@@ -95,5 +106,15 @@ pub fn write_note(line: fmt::Arguments) {
 macro_rules! note {
     ($($arg:tt)*) => {{
         $crate::out::write_note(format_args!($($arg)*));
+    }};
+}
+
+/// A detail line on standard error, written only under `--verbose`.
+#[macro_export]
+macro_rules! verbose {
+    ($($arg:tt)*) => {{
+        if $crate::out::verbose() {
+            $crate::out::write_note(format_args!("[verbose] {}", format_args!($($arg)*)));
+        }
     }};
 }

@@ -184,6 +184,13 @@ pub fn run_eval(
     // The CLI's hint for a model without a chat template.
     crate::args::chat_template(lm, flags.template.as_deref())?;
     let cfg = flags.config(title.into());
+    if crate::out::verbose() {
+        let mut shown = cfg.clone();
+        if let Some(j) = shown.judge.as_mut() {
+            j.url = bipo::util::redact::redact(&j.url);
+        }
+        crate::verbose!("settings: {}", serde_json::to_string(&shown)?);
+    }
     let pb = bar(1);
     let out = pipeline::run(lm, vectors, &cfg, extra_data, |stage, done, total| {
         pb.set_message(stage.to_string());

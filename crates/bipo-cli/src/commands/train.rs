@@ -194,6 +194,7 @@ pub fn run(a: Args) -> Result<()> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    crate::verbose!("settings: {}", serde_json::to_string(&cfg)?);
     let mut job = TrainJob::new(&lm, cfg.clone(), &train, &a.data, &a.out);
     job.test = a
         .test
