@@ -55,3 +55,30 @@ fn verbose_shows_the_model_and_the_settings() {
     let o = bipo(&["-q", "--verbose", "generate", "-m", &model(), "-p", "Hi"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bench_prints_one_json_object() {
+    let happy = root().join("assets/happy-control-vector.gguf");
+    let o = bipo(&[
+        "bench",
+        "-m",
+        &model(),
+        "-v",
+        &format!("{}:2", happy.display()),
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "2",
+        "--repeats",
+        "1",
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["gen_tokens"], 2);
+    assert!(v["unsteered"]["decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["steered"]["layers"], 29);
+    assert_eq!(v["batched_decode_tok_s"][0]["sequences"], 2);
+}

@@ -25,10 +25,94 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-pyo3::create_exception!(_bipo, BipoError, PyException);
+pyo3::create_exception!(_bipo, BipoError, PyException, "Any bipo failure.");
+pyo3::create_exception!(
+    _bipo,
+    FileError,
+    BipoError,
+    "A file could not be read or written, or is not what it should be."
+);
+pyo3::create_exception!(
+    _bipo,
+    InvalidValueError,
+    BipoError,
+    "A value given is out of range or does not fit (a setting, a vector, a multiplier)."
+);
+pyo3::create_exception!(
+    _bipo,
+    ModelError,
+    BipoError,
+    "The model cannot do it: unsupported architecture, tokenizer or tensor failure."
+);
+pyo3::create_exception!(
+    _bipo,
+    JudgeError,
+    BipoError,
+    "The LLM judge's endpoint failed or answered something unusable."
+);
 
-fn err(e: impl std::fmt::Display) -> PyErr {
-    BipoError::new_err(e.to_string())
+/// A failure on its way to Python: a bipo error keeps its kind (the exception class).
+enum Failure {
+    Bipo(bipo::Error),
+    Other(String),
+}
+
+impl From<bipo::Error> for Failure {
+    fn from(e: bipo::Error) -> Self {
+        Failure::Bipo(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(e: &str) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Failure::Other(e.to_string())
+    }
+}
+
+/// The Python exception for a failure, with bipo's one-line message: `FileError`,
+/// `InvalidValueError`, `ModelError` or `JudgeError` by the error's kind (all
+/// `BipoError`s).
+fn err(e: impl Into<Failure>) -> PyErr {
+    match e.into() {
+        Failure::Other(m) => BipoError::new_err(m),
+        Failure::Bipo(e) => {
+            let m = e.to_string();
+            of_kind(&e, m)
+        }
+    }
+}
+
+/// [`err`] with the message prefixed by where it happened (e.g. `vectors[1]`).
+fn err_in(context: impl std::fmt::Display, e: bipo::Error) -> PyErr {
+    of_kind(&e, format!("{context}: {e}"))
+}
+
+fn of_kind(e: &bipo::Error, message: String) -> PyErr {
+    use bipo::Error as E;
+    match e {
+        E::Io { .. } | E::BadFile { .. } => FileError::new_err(message),
+        E::Invalid { .. } | E::VectorMismatch { .. } | E::NonFinite(_) | E::Template(_) => {
+            InvalidValueError::new_err(message)
+        }
+        E::UnsupportedArchitecture { .. } | E::Tokenizer(_) | E::Tensor(_) | E::Hub(_) => {
+            ModelError::new_err(message)
+        }
+        E::Judge(_) => JudgeError::new_err(message),
+        E::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(message),
+        _ => BipoError::new_err(message),
+    }
 }
 
 /// Layers as Python passes them: layer -> little-endian f32 bytes.
@@ -228,6 +312,10 @@ fn random_like<'py>(
 #[pymodule]
 fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BipoError", m.py().get_type::<BipoError>())?;
+    m.add("FileError", m.py().get_type::<FileError>())?;
+    m.add("InvalidValueError", m.py().get_type::<InvalidValueError>())?;
+    m.add("ModelError", m.py().get_type::<ModelError>())?;
+    m.add("JudgeError", m.py().get_type::<JudgeError>())?;
     m.add_class::<model::NativeModel>()?;
     m.add_function(wrap_pyfunction!(read_vector, m)?)?;
     m.add_function(wrap_pyfunction!(write_vector, m)?)?;

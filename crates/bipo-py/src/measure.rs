@@ -11,7 +11,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::model::NativeModel;
-use crate::{err, from_vector, interruptible, off_gil, to_vector, Callback, RawLayers};
+use crate::{
+    err, err_in, from_vector, interruptible, off_gil, to_vector, Callback, InvalidValueError,
+    RawLayers,
+};
 
 /// A baseline vector from pairs: "caa" (mean difference), "pca" (first principal
 /// component of the differences) or "mean-centring" (mean matching activation minus the
@@ -100,8 +103,8 @@ pub fn evaluate(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<(String, String, String)> {
     let lm = &model.lm;
-    let mut cfg: EvalConfig =
-        serde_json::from_str(config).map_err(|e| err(format!("evaluation settings: {e}")))?;
+    let mut cfg: EvalConfig = serde_json::from_str(config)
+        .map_err(|e| InvalidValueError::new_err(format!("evaluation settings: {e}")))?;
     cfg.check().map_err(err)?;
     let vectors = vectors
         .into_iter()
@@ -109,7 +112,7 @@ pub fn evaluate(
         .map(|(i, (layers, meta))| {
             let v = to_vector(layers, &meta)?;
             v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                .map_err(|e| err(format!("vectors[{i}]: {e}")))?;
+                .map_err(|e| err_in(format_args!("vectors[{i}]"), e))?;
             Ok(v)
         })
         .collect::<PyResult<Vec<_>>>()?;

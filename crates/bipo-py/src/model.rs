@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::{err, interruptible, off_gil, to_vector, RawLayers};
+use crate::{err, err_in, interruptible, off_gil, to_vector, RawLayers};
 
 /// A loaded model.
 #[pyclass(frozen, module = "bipo._bipo")]
@@ -32,7 +32,7 @@ impl NativeModel {
             }
             let v = to_vector(layers, "")?;
             v.check_fits(m.hidden_size(), m.num_layers())
-                .map_err(|e| err(format!("vectors[{i}]: {e}")))?;
+                .map_err(|e| err_in(format_args!("vectors[{i}]"), e))?;
             vs.push((v, mult));
         }
         Steering::from_vectors(&vs, m.device(), m.dtype()).map_err(err)

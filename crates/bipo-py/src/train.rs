@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::model::NativeModel;
-use crate::{err, from_vector, interruptible, template, Callback};
+use crate::{err, err_in, from_vector, interruptible, template, Callback, InvalidValueError};
 
 /// Pairs from Python: a file path, or (question, matching, not_matching) tuples.
 fn dataset(data: &Bound<'_, PyAny>, skip_invalid: bool) -> PyResult<(Dataset, Option<PathBuf>)> {
@@ -31,7 +31,7 @@ fn dataset(data: &Bound<'_, PyAny>, skip_invalid: bool) -> PyResult<(Dataset, Op
             not_matching,
         })
         .collect();
-    let mut d = Dataset::from_pairs(pairs).map_err(|e| err(format!("data: {e}")))?;
+    let mut d = Dataset::from_pairs(pairs).map_err(|e| err_in("data", e))?;
     d.format = "python";
     Ok((d, None))
 }
@@ -136,8 +136,8 @@ fn config(settings: &str, n_layers: usize) -> PyResult<TrainConfig> {
             o.remove("layer");
         }
     }
-    let mut cfg: TrainConfig =
-        serde_json::from_value(given).map_err(|e| err(format!("training settings: {e}")))?;
+    let mut cfg: TrainConfig = serde_json::from_value(given)
+        .map_err(|e| InvalidValueError::new_err(format!("training settings: {e}")))?;
     if !layer_given {
         cfg.layer = bipo::train::default_layer(n_layers);
     }

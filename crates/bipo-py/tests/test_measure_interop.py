@@ -224,3 +224,25 @@ def test_repeng_control_vectors_convert_both_ways(monkeypatch):
     monkeypatch.setitem(sys.modules, "repeng", None)
     with pytest.raises(bipo.BipoError, match="pip install repeng"):
         v.to_repeng()
+
+
+def test_errors_come_as_subclasses_by_kind(tmp_path, model, happy):
+    with pytest.raises(bipo.FileError, match="no-such.gguf"):
+        bipo.SteeringVector.load(tmp_path / "no-such.gguf")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(bipo.FileError, match="bad.safetensors"):
+        bipo.SteeringVector.load(bad)
+    wide = bipo.SteeringVector.from_numpy({3: np.ones(8, dtype=np.float32)})
+    with pytest.raises(bipo.InvalidValueError, match="vectors\\[0\\]"):
+        model.generate("Hi", [(wide, 1.0)], max_tokens=1)
+    with pytest.raises(bipo.InvalidValueError, match="training settings"):
+        bipo.train(model, [("q", "a", "b")], out=tmp_path / "r", nope=1)
+    with pytest.raises(bipo.InvalidValueError, match="bipo.baseline"):
+        bipo.train(model, [("q", "a", "b")], out=tmp_path / "r", method="caa")
+    for cls in (bipo.FileError, bipo.InvalidValueError, bipo.ModelError, bipo.JudgeError):
+        assert issubclass(cls, bipo.BipoError)
+    r = bipo.baseline(model, method="random", like=happy, seed=5)
+    assert r == happy.random_like(5)
+    with pytest.raises(bipo.InvalidValueError, match="like="):
+        bipo.baseline(model, method="random")

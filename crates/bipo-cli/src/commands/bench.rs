@@ -30,6 +30,9 @@ pub struct Args {
     /// (comma-separated sizes, e.g. 1,8,32,64).
     #[arg(long, value_name = "SIZES", value_delimiter = ',')]
     batch: Vec<usize>,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Aggregate decode tok/s of `b` sequences decoding together after a 32-token prompt,
@@ -152,11 +155,37 @@ pub fn run(a: Args) -> Result<()> {
         d1.push(d);
     }
     let (p0, d0, p1, d1) = (median(p0), median(d0), median(p1), median(d1));
+    if a.batch.contains(&0) {
+        anyhow::bail!("invalid --batch 0 (must be >= 1)");
+    }
+    let batches = a
+        .batch
+        .iter()
+        .map(|&b| Ok((b, batched(&lm, &ids, b, a.gen_tokens, &vectors)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let threads = candle_core::utils::get_num_threads();
+    if a.json {
+        let out = serde_json::json!({
+            "model": lm.model.info.source,
+            "weights": lm.model.info.weights,
+            "threads": threads,
+            "prompt_tokens": ids.len(),
+            "gen_tokens": a.gen_tokens,
+            "repeats": a.repeats.max(1),
+            "unsteered": {"prompt_tok_s": p0, "decode_tok_s": d0},
+            "steered": {"layers": steered_layers, "prompt_tok_s": p1, "decode_tok_s": d1},
+            "batched_decode_tok_s": batches
+                .iter()
+                .map(|(b, t)| serde_json::json!({"sequences": b, "tok_s": t}))
+                .collect::<Vec<_>>(),
+        });
+        crate::outln!("{out}")?;
+        return Ok(());
+    }
     crate::outln!(
-        "model: {} ({}), threads: {}",
+        "model: {} ({}), threads: {threads}",
         lm.model.info.source,
         lm.model.info.weights,
-        candle_core::utils::get_num_threads()
     )?;
     crate::outln!(
         "prompt {} tokens, decode {} tokens, median of {}",
@@ -177,11 +206,7 @@ pub fn run(a: Args) -> Result<()> {
         (p0 / p1 - 1.0) * 100.0,
         (d0 / d1 - 1.0) * 100.0
     )?;
-    for &b in &a.batch {
-        if b == 0 {
-            anyhow::bail!("invalid --batch 0 (must be >= 1)");
-        }
-        let tps = batched(&lm, &ids, b, a.gen_tokens, &vectors)?;
+    for (b, tps) in batches {
         crate::outln!("batched decode, {b:>3} sequences (half steered): {tps:>8.1} tok/s")?;
     }
     Ok(())

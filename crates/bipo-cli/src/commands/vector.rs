@@ -1,6 +1,7 @@
 //! `bipo vector`: inspect, convert, scale, combine and compare steering vectors in any
 //! supported format (bipo safetensors, llama.cpp control-vector GGUF).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -207,79 +208,37 @@ pub fn run(a: Args) -> Result<()> {
         Cmd::Normalize {
             input,
             output,
-            norm: Some(norm),
+            norm,
             per_layer,
-            model_hint,
-            ..
-        } => {
-            if !(norm.is_finite() && norm > 0.0 && norm <= crate::args::MAX_MULTIPLIER) {
-                bail!("invalid --norm {norm}: must be > 0 and finite");
-            }
-            let mut v = bipo::io::read_vector(&input)?;
-            let total = v.norms().values().map(|n| n * n).sum::<f32>().sqrt();
-            for (l, d) in v.layers.iter_mut() {
-                let n = if per_layer {
-                    d.iter().map(|x| x * x).sum::<f32>().sqrt()
-                } else {
-                    total
-                };
-                if n == 0.0 {
-                    bail!(
-                        "{}: layer {l} is all zeros; it has no direction to rescale",
-                        input.display()
-                    );
-                }
-                d.iter_mut().for_each(|x| *x *= norm / n);
-            }
-            write(&v, &output, &model_hint)?;
-        }
-        Cmd::Normalize {
-            input,
-            output,
-            to_residual: Some(f),
-            model: Some(model),
+            to_residual,
+            model,
             neutral,
             model_hint,
-            ..
         } => {
-            if !(f.is_finite() && f > 0.0 && f <= crate::args::MAX_MULTIPLIER) {
-                bail!("invalid --to-residual {f}: must be > 0 and finite");
-            }
             let mut v = bipo::io::read_vector(&input)?;
-            let lm = bipo::load::load(&model, &Default::default())?;
-            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                .with_context(|| input.display().to_string())?;
-            let text = match &neutral {
-                Some(p) => bipo::util::read_text(p)?,
-                None => bipo::eval::damage::NEUTRAL_TEXT.to_string(),
+            let factors = match (norm, to_residual, model) {
+                (Some(norm), _, _) => norm_factors(&v, norm, per_layer)?,
+                (None, Some(f), Some(model)) => {
+                    residual_factors(&v, &input, f, &model, neutral.as_deref())?
+                }
+                _ => unreachable!("clap requires --norm, or --to-residual with -m"),
             };
-            let ids = bipo::eval::damage::paragraphs(&text)
-                .iter()
-                .map(|t| lm.tokenizer.encode(t, true))
-                .collect::<bipo::Result<Vec<_>>>()?;
-            let layers: Vec<usize> = v.layers.keys().copied().collect();
-            let norms = bipo::baselines::residual_norms(&lm.model, &ids, &layers)?;
             for (l, d) in v.layers.iter_mut() {
-                let n = d.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if n == 0.0 {
+                if factors[l].is_infinite() {
                     bail!(
                         "{}: layer {l} is all zeros; it has no direction to rescale",
                         input.display()
                     );
                 }
-                let target = f * norms[l];
-                crate::note!(
-                    "layer {l}: residual norm {:.3}, direction norm {n:.4} -> {target:.4}",
-                    norms[l]
-                );
-                d.iter_mut().for_each(|x| *x *= target / n);
+                d.iter_mut().for_each(|x| *x *= factors[l]);
             }
-            v.meta
-                .extra
-                .insert("normalized_to_residual".into(), f.to_string());
+            if let Some(f) = to_residual {
+                v.meta
+                    .extra
+                    .insert("normalized_to_residual".into(), f.to_string());
+            }
             write(&v, &output, &model_hint)?;
         }
-        Cmd::Normalize { .. } => unreachable!("clap requires --norm or --to-residual with -m"),
         Cmd::Info { file, json: false } => {
             let v = bipo::io::read_vector(&file)?;
             crate::outln!("name:    {}", v.meta.name)?;
@@ -415,4 +374,62 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn layer_norm(d: &[f32]) -> f32 {
+    d.iter().map(|x| x * x).sum::<f32>().sqrt()
+}
+
+/// Per-layer scale factors giving the vector (or with `per_layer` each layer) the L2
+/// norm `norm` (infinite for a zero layer that must be rescaled).
+fn norm_factors(v: &SteeringVector, norm: f32, per_layer: bool) -> Result<BTreeMap<usize, f32>> {
+    if !(norm.is_finite() && norm > 0.0 && norm <= crate::args::MAX_MULTIPLIER) {
+        bail!("invalid --norm {norm}: must be > 0 and finite");
+    }
+    let total = v.norms().values().map(|n| n * n).sum::<f32>().sqrt();
+    Ok(v.layers
+        .iter()
+        .map(|(l, d)| {
+            let n = if per_layer { layer_norm(d) } else { total };
+            (*l, if n == 0.0 { f32::INFINITY } else { norm / n })
+        })
+        .collect())
+}
+
+/// Per-layer scale factors giving each layer `f` times the model's mean residual-stream
+/// norm at that layer, measured on neutral text.
+fn residual_factors(
+    v: &SteeringVector,
+    input: &Path,
+    f: f32,
+    model: &str,
+    neutral: Option<&Path>,
+) -> Result<BTreeMap<usize, f32>> {
+    if !(f.is_finite() && f > 0.0 && f <= crate::args::MAX_MULTIPLIER) {
+        bail!("invalid --to-residual {f}: must be > 0 and finite");
+    }
+    let lm = bipo::load::load(model, &Default::default())?;
+    v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+        .with_context(|| input.display().to_string())?;
+    let text = match neutral {
+        Some(p) => bipo::util::read_text(p)?,
+        None => bipo::eval::damage::NEUTRAL_TEXT.to_string(),
+    };
+    let ids = bipo::eval::damage::paragraphs(&text)
+        .iter()
+        .map(|t| lm.tokenizer.encode(t, true))
+        .collect::<bipo::Result<Vec<_>>>()?;
+    let layers: Vec<usize> = v.layers.keys().copied().collect();
+    let norms = bipo::baselines::residual_norms(&lm.model, &ids, &layers)?;
+    Ok(v.layers
+        .iter()
+        .map(|(l, d)| {
+            let (n, target) = (layer_norm(d), f * norms[l]);
+            crate::note!(
+                "layer {l}: residual norm {:.3}, direction norm {n:.4} -> {target:.4}",
+                norms[l]
+            );
+            (*l, if n == 0.0 { f32::INFINITY } else { target / n })
+        })
+        .collect())
 }

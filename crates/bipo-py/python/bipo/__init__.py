@@ -20,9 +20,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from . import _bipo, _progress
-from ._bipo import BipoError
+from ._bipo import BipoError, FileError, InvalidValueError, JudgeError, ModelError
 
-__all__ = ["BipoError", "Generation", "Model", "Report", "SteeringVector", "TrainResult", "baseline",
+__all__ = ["BipoError", "FileError", "InvalidValueError", "JudgeError", "ModelError", "Generation", "Model", "Report", "SteeringVector", "TrainResult", "baseline",
            "evaluate", "set_threads", "train", "__version__"]
 __version__ = _bipo.__version__
 
@@ -279,8 +279,9 @@ def _pairs(data) -> Union[str, List[Tuple[str, str, str]]]:
     return rows
 
 
-def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, test=None, resume: bool = False,
-          force: bool = False, progress=None, skip_invalid: bool = False, **settings) -> TrainResult:
+def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, method: str = "bipo", test=None,
+          resume: bool = False, force: bool = False, progress=None, skip_invalid: bool = False,
+          **settings) -> TrainResult:
     """Trains a BiPO steering vector, exactly as ``bipo train``.
 
     ``data``: a pairs file (CSV, JSON, JSONL in any format ``bipo train`` reads), a list
@@ -296,6 +297,9 @@ def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, tes
     exception from ``progress``) stops after the current step with a checkpoint
     written, then raises.
     """
+    if method != "bipo":
+        raise InvalidValueError(f"method {method!r}: train optimises BiPO vectors (method=\"bipo\"); "
+                                f"CAA, PCA, mean-centring and random vectors come from bipo.baseline")
     cfg = dict(settings)
     if layer is not None:
         cfg["layer"] = int(layer)
@@ -309,14 +313,22 @@ def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, tes
     return TrainResult(vec, steps, os.fspath(out), record)
 
 
-def baseline(model: Model, data: PathLike, method: str = "caa", *, layers: Union[int, Sequence[int]],
-             read_at: str = "mean", system: Optional[str] = None, template: Optional[str] = None,
-             skip_invalid: bool = False) -> SteeringVector:
+def baseline(model: Model, data: Optional[PathLike] = None, method: str = "caa", *,
+             layers: Union[int, Sequence[int], None] = None, read_at: str = "mean", system: Optional[str] = None,
+             template: Optional[str] = None, skip_invalid: bool = False, like: Optional[SteeringVector] = None,
+             seed: int = 0) -> SteeringVector:
     """A baseline vector from a pairs file, as ``bipo baseline``: ``"caa"`` (mean
     difference matching - opposite), ``"pca"`` (first principal component of the
     differences) or ``"mean-centring"``, at ``layers``. ``read_at``: ``"mean"`` over the
     response tokens or ``"last"`` (A/B files always read at the answer letter).
-    For a random control use ``vector.random_like(seed)``."""
+    ``"random"`` is the control: a seeded random direction per layer of ``like`` with its
+    norms (the same as ``like.random_like(seed)``; no data needed)."""
+    if method == "random":
+        if not isinstance(like, SteeringVector):
+            raise InvalidValueError("baseline \"random\": give like=SteeringVector (its layers and norms)")
+        return like.random_like(seed)
+    if data is None or layers is None:
+        raise InvalidValueError(f"baseline {method!r}: give data (a pairs file) and layers")
     ls = [int(layers)] if isinstance(layers, (int, np.integer)) else [int(l) for l in layers]
     raw, meta = _bipo.baseline(model._m, os.fspath(data), method, ls, read_at, system, template, skip_invalid)
     return SteeringVector._from_raw(raw, meta)
