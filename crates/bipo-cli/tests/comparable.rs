@@ -285,6 +285,26 @@ fn vectors_normalize_to_a_fraction_of_the_residual_stream() {
         &m,
     ]);
     assert_eq!(o.status.code(), Some(2), "one or the other");
+    // The neutral text is an input too: writing the output over it is refused.
+    let text = d.path().join("n.gguf");
+    std::fs::write(&text, "Plain neutral text.\n\nA second paragraph of it.\n").unwrap();
+    let o = bipo(&[
+        "vector",
+        "normalize",
+        s(&happy),
+        s(&text),
+        "--to-residual",
+        "0.2",
+        "-m",
+        &m,
+        "--neutral",
+        s(&text),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("n.gguf"));
+    assert!(std::fs::read_to_string(&text)
+        .unwrap()
+        .starts_with("Plain neutral text."));
 }
 
 #[test]

@@ -143,8 +143,17 @@ pub fn run(a: Args) -> Result<()> {
     match &a.cmd {
         Cmd::Convert { input, output, .. }
         | Cmd::Scale { input, output, .. }
-        | Cmd::Select { input, output, .. }
-        | Cmd::Normalize { input, output, .. } => check_output(&[input], output)?,
+        | Cmd::Select { input, output, .. } => check_output(&[input], output)?,
+        Cmd::Normalize {
+            input,
+            output,
+            neutral,
+            ..
+        } => {
+            let mut inputs = vec![input.as_path()];
+            inputs.extend(neutral.as_deref());
+            check_output(&inputs, output)?
+        }
         Cmd::Combine { inputs, output, .. } => {
             let paths = inputs
                 .iter()
