@@ -18,17 +18,6 @@ HAPPY = ROOT / "assets" / "happy-control-vector.gguf"
 BIN = os.environ.get("BIPO_BIN", str(ROOT / "target" / "release" / "bipo"))
 
 
-@pytest.fixture(scope="module")
-def model():
-    assert MODEL.is_file(), f"{MODEL} is missing: run scripts/fetch-model.sh"
-    return bipo.Model.load(MODEL)
-
-
-@pytest.fixture(scope="module")
-def happy():
-    return bipo.SteeringVector.load(HAPPY)
-
-
 def cli_ids(*args):
     """Token ids `bipo generate` produces (one JSON line per token with --logprobs)."""
     out = subprocess.run([BIN, "-q", "generate", "-m", str(MODEL), "--logprobs", "1", *args],

@@ -24,17 +24,6 @@ BIN = os.environ.get("BIPO_BIN", str(ROOT / "target" / "release" / "bipo"))
 SETTINGS = dict(epochs=2, batch_size=2, seed=3, lr=0.01, warmup_steps=0)
 
 
-@pytest.fixture(scope="module")
-def model():
-    assert MODEL.is_file(), f"{MODEL} is missing: run scripts/fetch-model.sh"
-    return bipo.Model.load(MODEL)
-
-
-@pytest.fixture(scope="module")
-def happy():
-    return bipo.SteeringVector.load(HAPPY)
-
-
 def _csv(tmp_path, name, src, n):
     lines = (DATA / src).read_text().splitlines()
     p = tmp_path / name
