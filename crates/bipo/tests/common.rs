@@ -3,9 +3,13 @@
 
 use std::path::PathBuf;
 
-/// The workspace root.
+/// The workspace root: `BIPO_ROOT` when set (a test binary run on another machine),
+/// else where the tests were built.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    match std::env::var_os("BIPO_ROOT") {
+        Some(r) => PathBuf::from(r),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    }
 }
 
 /// The default model, fetched by `scripts/fetch-model.sh`. Tests fail (never skip) when

@@ -64,6 +64,7 @@ fn block_step(lm: &bipo::load::LoadedModel, layer: usize) -> Result<f64> {
     let logits = m.lm_head(&xs, Mode::Differentiable)?;
     let lp = bipo::kernels::ops::log_softmax_gather(&logits, &targets)?;
     let _ = lp.sum_all()?.backward()?;
+    dev.synchronize()?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -80,12 +81,15 @@ pub fn run(a: Args) -> Result<()> {
     let n = ex.len();
     let t0 = Instant::now();
     let p = Prepared::new(&lm.model, a.layer, ex, usize::MAX, |_, _| {})?;
+    lm.model.device().synchronize()?;
     let prep = t0.elapsed().as_secs_f64();
     let order = epoch_order(0, 0, n);
     let v0 = vec![0.01f32; lm.model.hidden_size()];
     let time = |plain: bool| -> Result<f64> {
         let mut ts = Vec::new();
-        for s in 0..a.steps {
+        // On a GPU the first step loads kernels and sizes the allocator: not timed.
+        let warm = usize::from(!lm.model.device().is_cpu());
+        for s in 0..a.steps + warm {
             // Steps past the data wrap around to its start.
             let batch: Vec<usize> = (0..a.batch_size.min(n))
                 .map(|k| order[(s * a.batch_size + k) % n])
@@ -100,7 +104,11 @@ pub fn run(a: Args) -> Result<()> {
                 p.loss(batch, var.as_tensor(), d, 0.1)?
             };
             let _ = out.loss.backward()?;
-            ts.push(t.elapsed().as_secs_f64());
+            // GPU work is asynchronous: wait for it before reading the clock.
+            lm.model.device().synchronize()?;
+            if s >= warm {
+                ts.push(t.elapsed().as_secs_f64());
+            }
         }
         Ok(median(ts))
     };

@@ -139,11 +139,18 @@ impl CustomOp1 for LogSoftmaxGather {
     }
 }
 
-/// logits: (n, vocab) f32; returns (n,) log-probabilities of `targets`.
+/// logits: (n, vocab); returns (n,) f32 log-probabilities of `targets`. The fused op on
+/// f32 CPU tensors; candle's differentiable ops (f32 accumulation) on other devices.
 pub fn log_softmax_gather(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
-    Ok(logits.contiguous()?.apply_op1(LogSoftmaxGather {
-        targets: targets.to_vec(),
-    })?)
+    if logits.device().is_cpu() && logits.dtype() == candle_core::DType::F32 {
+        return Ok(logits.contiguous()?.apply_op1(LogSoftmaxGather {
+            targets: targets.to_vec(),
+        })?);
+    }
+    let logits = logits.to_dtype(candle_core::DType::F32)?;
+    let lsm = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?; // (n, 1)
+    Ok(lsm.gather(&idx, 1)?.squeeze(1)?)
 }
 
 #[cfg(test)]
@@ -186,6 +193,29 @@ mod tests {
                 assert!((p - q).abs() < 1e-5, "{p} vs {q}");
             }
         }
+    }
+
+    #[test]
+    fn log_softmax_gather_off_the_fused_path_is_f32_and_agrees() {
+        // Non-f32 (and non-CPU) logits take candle's ops: same values, f32 output.
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 12.0, &dev)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let x = x.sin().unwrap().affine(2.0, 0.0).unwrap();
+        let targets = [1u32, 3, 0];
+        let fused = log_softmax_gather(&x, &targets).unwrap();
+        let x64 = x.to_dtype(candle_core::DType::F64).unwrap();
+        let generic = log_softmax_gather(&x64, &targets).unwrap();
+        assert_eq!(generic.dtype(), candle_core::DType::F32);
+        let (a, b) = (
+            fused.to_vec1::<f32>().unwrap(),
+            generic.to_vec1::<f32>().unwrap(),
+        );
+        a.iter()
+            .zip(&b)
+            .for_each(|(p, q)| assert!((p - q).abs() < 1e-5, "{p} vs {q}"));
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl Weight {
         })
     }
 
+    /// Where the weight lives (bipo's own blocks are always in host memory).
+    pub fn device(&self) -> Device {
+        match self {
+            Weight::Blocks(_) => Device::Cpu,
+            Weight::Quantized(q) => q.device(),
+            Weight::Dense(t) => t.device().clone(),
+        }
+    }
+
     /// Shape, outermost first.
     pub fn dims(&self) -> Vec<usize> {
         match self {
@@ -144,7 +153,7 @@ impl Linear {
         }
         let w = match &self.weight {
             Weight::Dense(t) => t.clone(),
-            q => q.to_dense(&Device::Cpu, self.dtype)?,
+            q => q.to_dense(&q.device(), self.dtype)?,
         };
         Ok(self.dense.get_or_init(|| w))
     }
