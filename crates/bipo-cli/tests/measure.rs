@@ -333,6 +333,7 @@ fn compare_without_a_vector_trains_bipo_itself_and_records_the_run() {
         &model(),
         "--bipo-config",
         cfg.to_str().unwrap(),
+        "--reps",
         "--train",
         &train,
         "--data",
@@ -361,8 +362,31 @@ fn compare_without_a_vector_trains_bipo_itself_and_records_the_run() {
     let v = bipo::io::read_vector(&out.join("vectors/bipo.safetensors")).unwrap();
     assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [5]);
     assert!(v.norms()[&5] > 0.0, "two steps moved the vector off zero");
+    // --reps trained RePS with the same settings beside it, and compared it too.
+    let reps = out.join("reps-run");
+    let record = json(&reps.join("run.json"));
+    assert_eq!(record["method"], "reps", "{record}");
+    assert_eq!(record["config"]["method"], "reps");
+    assert_eq!(record["config"]["max_steps"], 2);
+    let rv = bipo::io::read_vector(&out.join("vectors/reps.safetensors")).unwrap();
+    assert_eq!(rv.meta.method.as_deref(), Some("reps"));
+    assert_eq!(v.meta.method.as_deref(), Some("bipo"));
+    assert_eq!(rv.layers.keys().copied().collect::<Vec<_>>(), [5]);
+    assert!(
+        rv.layers[&5] != v.layers[&5],
+        "RePS and BiPO reached the same vector"
+    );
     let r = json(&out.join("report.json"));
-    assert_eq!(r["vectors"].as_array().unwrap().len(), 5);
+    let names: Vec<&str> = r["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["bipo", "reps", "caa", "pca", "mean-centring", "random"]
+    );
 }
 
 #[test]

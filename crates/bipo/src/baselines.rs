@@ -24,10 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use candle_core::{DType, Tensor};
 
+use crate::activations::{Example, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{Mode, Model};
 use crate::steer::Steering;
-use crate::train::bipo::{Example, Prepared};
 use crate::vector::{SteeringVector, VectorMeta};
 
 /// Where in a response the activation is read.
@@ -107,7 +107,7 @@ pub fn reads_of_file(
         (ex, Vec::new())
     } else {
         let d = crate::data::load_pairs_with(data, skip_invalid)?;
-        let mut ex = crate::train::bipo::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
+        let mut ex = crate::activations::tokenize(&d.pairs, &lm.tokenizer, template, system)?;
         for e in &mut ex {
             e.responses.iter_mut().for_each(|r| {
                 if r.len() > 1 {

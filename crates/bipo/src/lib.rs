@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod activations;
 pub mod bake;
 pub mod baselines;
 pub mod data;

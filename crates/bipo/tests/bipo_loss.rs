@@ -3,8 +3,8 @@
 
 mod common;
 
+use bipo::activations::{Example, Prepared};
 use bipo::models::random::{random_model, tiny_config};
-use bipo::train::bipo::{Example, Prepared};
 use candle_core::{Tensor, Var};
 
 /// Budget large enough to cache every prefix in these tests.
@@ -111,7 +111,7 @@ fn cached_training_loss_and_gradient_equal_the_plain_full_forward_on_the_default
     .unwrap();
     let template = lm.chat_template.clone().unwrap();
     let ex =
-        bipo::train::bipo::tokenize(&pairs.pairs[..4], &lm.tokenizer, &template, None).unwrap();
+        bipo::activations::tokenize(&pairs.pairs[..4], &lm.tokenizer, &template, None).unwrap();
     let p = Prepared::new(&lm.model, 15, ex, ALL, |_, _| {}).unwrap();
     let v0: Vec<f32> = (0..lm.model.hidden_size())
         .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.02)
@@ -165,7 +165,7 @@ fn default_model_loss(train: bipo::models::TrainWeights) -> (f32, Vec<f32>) {
     let lm = bipo::load::load(path.to_str().unwrap(), &opts).unwrap();
     let data = bipo::data::load_pairs(&common::root().join("data/optimism/train.csv")).unwrap();
     let template = lm.chat_template.clone().unwrap();
-    let ex = bipo::train::bipo::tokenize(&data.pairs[..4], &lm.tokenizer, &template, None).unwrap();
+    let ex = bipo::activations::tokenize(&data.pairs[..4], &lm.tokenizer, &template, None).unwrap();
     let p = Prepared::new(&lm.model, 24, ex, ALL, |_, _| {}).unwrap();
     let v0: Vec<f32> = (0..lm.model.hidden_size())
         .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
@@ -225,7 +225,7 @@ fn prompt_only_and_response_only_losses_equal_masked_full_forwards() {
     .unwrap();
     let template = lm.chat_template.clone().unwrap();
     let ex =
-        bipo::train::bipo::tokenize(&pairs.pairs[..3], &lm.tokenizer, &template, None).unwrap();
+        bipo::activations::tokenize(&pairs.pairs[..3], &lm.tokenizer, &template, None).unwrap();
     let mut p = Prepared::new(&lm.model, 15, ex, ALL, |_, _| {}).unwrap();
     let v0: Vec<f32> = (0..lm.model.hidden_size())
         .map(|i| ((i * 7 % 31) as f32 - 15.0) * 0.05)

@@ -6,10 +6,10 @@
 
 mod common;
 
+use bipo::activations::{Example, Prepared};
 use bipo::load::{load, LoadOptions, LoadedModel};
 use bipo::models::{KvCache, Mode, Model};
 use bipo::steer::Steering;
-use bipo::train::bipo::{Example, Prepared};
 use bipo::{SteeringVector, VectorMeta};
 use candle_core::{DType, Device, Tensor, Var};
 

@@ -2,12 +2,12 @@
 //! forward, multiplier 0 is the unsteered model bit for bit, damage is zero at
 //! multiplier 0 and grows with it, and CAA recovers a planted direction.
 
+use bipo::activations::{Example, Prepared};
 use bipo::baselines::{caa, pair_differences, pca_diff, ReadAt};
 use bipo::eval::damage::DamageSet;
 use bipo::models::random::{random_model, tiny_config};
 use bipo::models::{Mode, Model};
 use bipo::steer::Steering;
-use bipo::train::bipo::{Example, Prepared};
 use bipo::{SteeringVector, VectorMeta};
 use candle_core::{Device, Tensor, D};
 

@@ -172,7 +172,7 @@ fn full_logp(m: &Model, prompt: &[u32], resp: &[u32], steering: &Steering) -> f3
 
 #[test]
 fn the_packed_prefix_cache_equals_full_forwards_in_every_family() {
-    use bipo::train::bipo::{Example, Prepared};
+    use bipo::activations::{Example, Prepared};
     // Prompts and responses longer than the fixtures' 4-token windows, so the packed
     // rows' window masks (shifted positions of the second response) are exercised.
     let examples = vec![

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bipo::activations::{Example, Prepared};
 use bipo::models::random::{random_model, tiny_config};
 use bipo::run::RunInputs;
-use bipo::train::bipo::{Example, Prepared};
 use bipo::train::rundir::{RunDir, Start};
 use bipo::train::trainer::{Event, Trainer, CHECKPOINT_FILE, METRICS_FILE, VECTOR_FILE};
 use bipo::train::TrainConfig;

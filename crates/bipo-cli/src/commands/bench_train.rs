@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use bipo::train::bipo::{tokenize, Prepared};
+use bipo::activations::{tokenize, Prepared};
 use bipo::train::trainer::{epoch_order, step_direction};
 use candle_core::{Tensor, Var};
 

@@ -19,9 +19,14 @@ pub struct Args {
     /// on --train (settings: --bipo-config, else the defaults; output in OUT/bipo-run).
     #[arg(long, value_name = "FILE")]
     bipo: Option<PathBuf>,
-    /// TOML training settings for the BiPO run when --bipo is not given.
+    /// TOML training settings for the BiPO run when --bipo is not given (and for the
+    /// RePS run of --reps, with the method set to reps).
     #[arg(long, value_name = "FILE")]
     bipo_config: Option<PathBuf>,
+    /// Also compare a RePS vector: this file, or, given without a value, one trained
+    /// here with the BiPO run's settings (output in OUT/reps-run).
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    reps: Option<Option<PathBuf>>,
     /// Training pairs the baselines are computed from (the data BiPO was trained on).
     #[arg(long, value_name = "FILE")]
     train: PathBuf,
@@ -48,11 +53,12 @@ pub fn run(a: Args) -> Result<()> {
     ];
     inputs.extend(a.bipo.as_deref().map(|p| ("--bipo", p)));
     inputs.extend(a.bipo_config.as_deref().map(|p| ("--bipo-config", p)));
-    let writes = |n: &str| eval_writes(n) || n == "vectors" || n == "bipo-run";
+    inputs.extend(a.reps.iter().flatten().map(|p| ("--reps", p.as_path())));
+    let writes = |n: &str| eval_writes(n) || n == "vectors" || n == "bipo-run" || n == "reps-run";
     a.flags.check(&inputs, writes)?;
     // The vectors compare writes must not replace an input either.
     let vec_dir = a.flags.out.join("vectors");
-    let written: Vec<PathBuf> = ["bipo", "caa", "pca", "random"]
+    let written: Vec<PathBuf> = ["bipo", "reps", "caa", "pca", "mean-centring", "random"]
         .iter()
         .map(|n| vec_dir.join(format!("{n}.safetensors")))
         .collect();
@@ -60,12 +66,15 @@ pub fn run(a: Args) -> Result<()> {
         let outs: Vec<(&str, &Path)> = written.iter().map(|p| ("--out", p.as_path())).collect();
         bipo::util::fs::check_outputs(&inputs, &outs)?;
     }
-    if let Some(dir) = a.bipo.is_none().then(|| a.flags.out.join("bipo-run")) {
-        if dir.is_dir() {
-            bipo::util::fs::check_output_dir(&inputs, "--out", &dir, |n| {
-                bipo::train::rundir::writes_run_file(n)
-            })?;
-        }
+    let trains_reps = matches!(a.reps, Some(None));
+    let run_dirs = [
+        a.bipo.is_none().then(|| a.flags.out.join("bipo-run")),
+        trains_reps.then(|| a.flags.out.join("reps-run")),
+    ];
+    for dir in run_dirs.into_iter().flatten().filter(|d| d.is_dir()) {
+        bipo::util::fs::check_output_dir(&inputs, "--out", &dir, |n| {
+            bipo::train::rundir::writes_run_file(n)
+        })?;
     }
     let lm = a.model.load()?;
     let mut bipo_v = match &a.bipo {
@@ -76,20 +85,7 @@ pub fn run(a: Args) -> Result<()> {
             v
         }
         None => {
-            let mut cfg = match &a.bipo_config {
-                Some(p) => bipo::train::TrainConfig::from_toml(p)?,
-                None => bipo::train::TrainConfig::default(),
-            };
-            if let Some(l) = a.layer {
-                cfg.layer = l;
-            }
-            if cfg.layer >= lm.model.num_layers() {
-                anyhow::bail!(
-                    "invalid layer {}: the model has {} layers",
-                    cfg.layer,
-                    lm.model.num_layers()
-                );
-            }
+            let cfg = train_config(&a, &lm, None, "bipo")?;
             let data = bipo::data::load_pairs_with(&a.train, a.skip_invalid_rows)?;
             let out = a.flags.out.join("bipo-run");
             crate::commands::bipo_run::train(&lm, &cfg, &data, &a.train, &out, "bipo")?
@@ -98,6 +94,23 @@ pub fn run(a: Args) -> Result<()> {
     let layer = match a.layer {
         Some(l) => l,
         None => *bipo_v.layers.keys().next().expect("validated"),
+    };
+    let reps_v = match &a.reps {
+        None => None,
+        Some(Some(p)) => {
+            let mut v = bipo::io::read_vector(p)?;
+            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+                .with_context(|| p.display().to_string())?;
+            v.meta.name = "reps".into();
+            Some(v)
+        }
+        Some(None) => {
+            let cfg = train_config(&a, &lm, Some(layer), "reps")?;
+            let data = bipo::data::load_pairs_with(&a.train, a.skip_invalid_rows)?;
+            let out = a.flags.out.join("reps-run");
+            let v = crate::commands::bipo_run::train(&lm, &cfg, &data, &a.train, &out, "reps")?;
+            Some(v)
+        }
     };
     let read_at: ReadAt = a.read_at.parse()?;
     let template = crate::args::chat_template(&lm, a.flags.template.as_deref())?;
@@ -129,7 +142,9 @@ pub fn run(a: Args) -> Result<()> {
     bipo_v.meta.name = "bipo".into();
     let dir = a.flags.out.join("vectors");
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-    let vectors = vec![bipo_v, caa, pca, mc, random];
+    let mut vectors = vec![bipo_v];
+    vectors.extend(reps_v);
+    vectors.extend([caa, pca, mc, random]);
     for v in &vectors {
         write(v, &dir.join(format!("{}.safetensors", v.meta.name)))?;
     }
@@ -139,12 +154,38 @@ pub fn run(a: Args) -> Result<()> {
         kind: "train".into(),
         examples: d.values().next().map_or(0, Vec::len),
     };
-    let title =
-        a.flags.title.clone().unwrap_or_else(|| {
-            format!("BiPO vs CAA vs PCA vs mean-centring vs random, layer {layer}")
-        });
+    let title = a.flags.title.clone().unwrap_or_else(|| {
+        let reps = if a.reps.is_some() { " vs RePS" } else { "" };
+        format!("BiPO{reps} vs CAA vs PCA vs mean-centring vs random, layer {layer}")
+    });
     let r = run_eval(&lm, &vectors, &a.flags, vec![train_file], &title)?;
     crate::outln!("{}", r.markdown())?;
     crate::note!("report: {}", a.flags.out.join("report.md").display());
     Ok(())
+}
+
+/// Settings of a run `compare` trains: `--bipo-config` (else the defaults), the layer
+/// of `--layer` or `layer`, and `method`.
+fn train_config(
+    a: &Args,
+    lm: &bipo::load::LoadedModel,
+    layer: Option<usize>,
+    method: &str,
+) -> Result<bipo::train::TrainConfig> {
+    let mut cfg = match &a.bipo_config {
+        Some(p) => bipo::train::TrainConfig::from_toml(p)?,
+        None => bipo::train::TrainConfig::default(),
+    };
+    if let Some(l) = a.layer.or(layer) {
+        cfg.layer = l;
+    }
+    cfg.method = method.into();
+    if cfg.layer >= lm.model.num_layers() {
+        anyhow::bail!(
+            "invalid layer {}: the model has {} layers",
+            cfg.layer,
+            lm.model.num_layers()
+        );
+    }
+    Ok(cfg)
 }

@@ -53,13 +53,17 @@ pub struct Args {
     read_at: String,
     #[arg(long)]
     skip_invalid_rows: bool,
-    /// Also train a short BiPO run of this many steps at every layer and score it the
-    /// same way (0 = CAA only). Runs go to OUT/bipo-L<layer>/.
+    /// Also train a short BiPO (or --method) run of this many steps at every layer and
+    /// score it the same way (0 = CAA only). Runs go to OUT/<method>-L<layer>/; the
+    /// `bipo_*` fields of sweep.json hold the trained vector's scores whatever the method.
     #[arg(long, default_value_t = 0, value_name = "N")]
     bipo_steps: usize,
     /// TOML training settings for those runs (layer and step count are set per run).
     #[arg(long, value_name = "FILE")]
     bipo_config: Option<PathBuf>,
+    /// Objective of those runs: bipo or reps [default: the config's, else bipo].
+    #[arg(long, value_name = "bipo|reps")]
+    method: Option<String>,
     /// Output folder: sweep.json, sweep.md, sweep.png, sweep.svg.
     #[arg(long, short = 'o', value_name = "DIR")]
     out: PathBuf,
@@ -81,7 +85,10 @@ pub fn run(a: Args) -> Result<()> {
     inputs.extend(a.pairs.as_deref().map(|p| ("--pairs", p)));
     inputs.extend(a.bipo_config.as_deref().map(|p| ("--bipo-config", p)));
     bipo::util::fs::check_output_dir(&inputs, "--out", &a.out, |n| {
-        n.starts_with("sweep") || n == "train-subset.csv" || n.starts_with("bipo-L")
+        n.starts_with("sweep")
+            || n == "train-subset.csv"
+            || n.starts_with("bipo-L")
+            || n.starts_with("reps-L")
     })?;
     bipo::util::fs::ensure_writable_dir(&a.out)?;
     let lm = a.model.load()?;
@@ -153,14 +160,21 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Settings and data of the optional BiPO runs, read once for every layer.
     let bipo_setup = if a.bipo_steps > 0 {
-        let cfg = match &a.bipo_config {
+        let mut cfg = match &a.bipo_config {
             Some(p) => bipo::train::TrainConfig::from_toml(p)?,
             None => bipo::train::TrainConfig::default(),
         };
+        if let Some(m) = &a.method {
+            cfg.method = m.clone();
+        }
+        cfg.validate()?;
         Some((cfg, bipo::data::load_pairs(&train)?))
     } else {
         None
     };
+    let trained = bipo_setup
+        .as_ref()
+        .map_or_else(|| "bipo".to_string(), |(c, _)| c.method.clone());
     let pb = bar(layers.len() as u64);
     let mut rows = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
@@ -172,8 +186,8 @@ pub fn run(a: Args) -> Result<()> {
             let mut cfg = base.clone();
             cfg.layer = l;
             cfg.max_steps = Some(a.bipo_steps);
-            let out = a.out.join(format!("bipo-L{l}"));
-            let name = format!("bipo-L{l}");
+            let out = a.out.join(format!("{}-L{l}", cfg.method));
+            let name = format!("{}-L{l}", cfg.method);
             vectors.push(crate::commands::bipo_run::train(
                 &lm, &cfg, d, &train, &out, &name,
             )?);
@@ -235,11 +249,11 @@ pub fn run(a: Args) -> Result<()> {
         ];
         if a.bipo_steps > 0 {
             out.push(Series {
-                name: format!("bipo +{m}"),
+                name: format!("{trained} +{m}"),
                 points: get(&format!("bipo_{key}_plus")),
             });
             out.push(Series {
-                name: format!("bipo -{m}"),
+                name: format!("{trained} -{m}"),
                 points: get(&format!("bipo_{key}_minus")),
             });
         }
@@ -317,7 +331,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     if a.bipo_steps > 0 {
         md += &format!(
-            "\nBiPO, {} steps per layer:\n\n| layer | p effect | margin effect |\n|---|---|---|\n",
+            "\n{trained}, {} steps per layer:\n\n| layer | p effect | margin effect |\n|---|---|---|\n",
             a.bipo_steps
         );
         for r in &rows {

@@ -20,7 +20,7 @@ pub struct Args {
     /// Preference pairs: BiPO CSV, CAA/Anthropic JSON(L), {positive,negative} JSONL or DPO JSONL.
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
-    /// Held-out pairs: BiPO loss for +v and -v is reported after every epoch.
+    /// Held-out pairs: the loss for +v (and, for BiPO, -v) is reported after every epoch.
     #[arg(long, value_name = "FILE")]
     test: Option<PathBuf>,
     /// Output folder: vector.safetensors, epoch-N.safetensors, run.json, metrics.jsonl, checkpoint.json.
@@ -43,9 +43,16 @@ pub struct Args {
     /// Peak learning rate of AdamW [default: 0.0005, the paper's].
     #[arg(long)]
     lr: Option<f64>,
+    /// Objective: bipo (the paper's Eq. 3) or reps (reference-free preference steering,
+    /// Wu et al. 2025) [default: bipo].
+    #[arg(long, value_name = "bipo|reps")]
+    method: Option<String>,
     /// BiPO's beta [default: 0.1].
     #[arg(long)]
     beta: Option<f64>,
+    /// RePS: steering factors sampled per step, comma-separated [default: 0.5,1,1.5,2].
+    #[arg(long, value_name = "A,B,..", value_delimiter = ',')]
+    reps_factors: Option<Vec<f64>>,
     /// Pairs per optimizer step [default: 4].
     #[arg(long)]
     batch_size: Option<usize>,
@@ -107,6 +114,8 @@ fn config(a: &Args) -> Result<(TrainConfig, bool)> {
         ($($f:ident),*) => { $( if let Some(x) = a.$f.clone() { c.$f = x; } )* };
     }
     set!(
+        method,
+        reps_factors,
         epochs,
         lr,
         beta,
@@ -291,6 +300,10 @@ fn report(pb: &Progress, ev: Event) {
                 (Some(p), Some(m), Some(g)) => format!(
                     ", test loss +v {p:.4} -v {m:.4}, test reward margin +v {g:+.4} \
                      (beta x log-prob gain over the unsteered model)"
+                ),
+                (Some(p), None, Some(g)) => format!(
+                    ", test loss +v {p:.4}, test steering margin +v {g:+.4} \
+                     (RePS's D+: weighted mean log-prob of matching minus opposite)"
                 ),
                 _ => String::new(),
             };

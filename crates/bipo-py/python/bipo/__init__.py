@@ -282,7 +282,8 @@ def _pairs(data) -> Union[str, List[Tuple[str, str, str]]]:
 def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, method: str = "bipo", test=None,
           resume: bool = False, force: bool = False, progress=None, skip_invalid: bool = False,
           **settings) -> TrainResult:
-    """Trains a BiPO steering vector, exactly as ``bipo train``.
+    """Trains a BiPO (``method="bipo"``) or RePS (``"reps"``) steering vector, exactly as
+    ``bipo train``.
 
     ``data``: a pairs file (CSV, JSON, JSONL in any format ``bipo train`` reads), a list
     of ``{question, matching, not_matching}`` dicts or tuples, or a pandas DataFrame
@@ -297,10 +298,12 @@ def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, met
     exception from ``progress``) stops after the current step with a checkpoint
     written, then raises.
     """
-    if method != "bipo":
-        raise InvalidValueError(f"method {method!r}: train optimises BiPO vectors (method=\"bipo\"); "
-                                f"CAA, PCA, mean-centring and random vectors come from bipo.baseline")
+    if method not in ("bipo", "reps"):
+        raise InvalidValueError(f"method {method!r}: train optimises BiPO (method=\"bipo\") or RePS "
+                                f"(\"reps\") vectors; CAA, PCA, mean-centring and random vectors come "
+                                f"from bipo.baseline")
     cfg = dict(settings)
+    cfg["method"] = method
     if layer is not None:
         cfg["layer"] = int(layer)
     test_pairs = None if test is None else _pairs(test)

@@ -8,15 +8,15 @@
 //! Prompt: the chat template applied to the question (with the choices), then the
 //! answer prefix [`AB_ANSWER_PREFIX`], as in CAA; the two "responses" are the letters.
 //! These are ordinary [`Example`]s (matching letter first), so the prefix-cached
-//! [`crate::train::bipo::Prepared`] evaluates them at every multiplier.
+//! [`crate::activations::Prepared`] evaluates them at every multiplier.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activations::Example;
 use crate::error::{Error, Result};
 use crate::text::{ChatTemplate, Tokenizer};
-use crate::train::bipo::Example;
 
 /// Text the assistant's answer starts with, so the next token is the letter.
 pub const AB_ANSWER_PREFIX: &str = "(";

@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::activations::{self, Example, Prepared};
 use crate::data::PreferencePair;
 use crate::error::{Error, Result};
 use crate::load::LoadedModel;
 use crate::steer::Steering;
 use crate::text::ChatTemplate;
-use crate::train::bipo::{self, Example, Prepared};
 use crate::vector::SteeringVector;
 
 /// The multipliers `bipo eval` uses unless told otherwise.
@@ -191,7 +191,7 @@ pub fn evaluate(
         .transpose()?;
     let pair_ex = data
         .pairs
-        .map(|p| bipo::tokenize(p, &lm.tokenizer, template, sys))
+        .map(|p| activations::tokenize(p, &lm.tokenizer, template, sys))
         .transpose()?;
     // One prepared set per (data, first layer), shared by vectors starting there.
     let mut prepared: HashMap<(bool, usize), Prepared> = HashMap::new();

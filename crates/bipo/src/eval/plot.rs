@@ -3,14 +3,19 @@
 //! One layout is computed once and drawn by two small renderers, so both files show the
 //! same chart. PNG text uses an embedded font (DejaVu Sans Mono, see
 //! `assets/DejaVu-LICENSE.txt`), so plots look the same on machines without fonts.
+//! The PNG renderer (tiny-skia, ab_glyph and the font) is the `plot` cargo feature, on
+//! by default; without it charts are written as SVG only.
 
 use std::fmt::Write as _;
 
+#[cfg(feature = "plot")]
 use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+#[cfg(feature = "plot")]
 use tiny_skia::{Color, Paint, PathBuilder, Pixmap, Stroke, Transform};
 
 use crate::error::{Error, Result};
 
+#[cfg(feature = "plot")]
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 const WIDTH: f32 = 880.0;
 const HEIGHT: f32 = 520.0;
@@ -261,6 +266,7 @@ impl LineChart {
     }
 
     /// The chart as PNG bytes.
+    #[cfg(feature = "plot")]
     pub fn to_png(&self) -> Result<Vec<u8>> {
         let png_err = |e: String| Error::invalid("plot", e);
         let mut pm = Pixmap::new(WIDTH as u32, HEIGHT as u32)
@@ -307,14 +313,20 @@ impl LineChart {
         pm.encode_png().map_err(|e| png_err(e.to_string()))
     }
 
-    /// Writes `stem.svg` and `stem.png` (atomically).
+    /// Writes `stem.svg` and, with the `plot` feature, `stem.png` (atomically).
     pub fn write(&self, stem: &std::path::Path) -> Result<()> {
         crate::util::write_atomic(&stem.with_extension("svg"), self.to_svg()?.as_bytes())?;
-        crate::util::write_atomic(&stem.with_extension("png"), &self.to_png()?)
+        #[cfg(feature = "plot")]
+        crate::util::write_atomic(&stem.with_extension("png"), &self.to_png()?)?;
+        Ok(())
     }
 }
 
+/// The image format reports link to: PNG with the `plot` feature, else SVG.
+pub const IMAGE_EXT: &str = if cfg!(feature = "plot") { "png" } else { "svg" };
+
 /// Draws dark text with its baseline at y, blending glyph coverage into the pixmap.
+#[cfg(feature = "plot")]
 fn draw_text(pm: &mut Pixmap, font: &FontRef, x: f32, y: f32, text: &str, size: f32, a: Anchor) {
     let scale = PxScale::from(size * 1.3);
     let sf = font.as_scaled(scale);
@@ -371,6 +383,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "plot")]
     fn svg_and_png_are_well_formed_and_show_every_series() {
         let svg = chart().to_svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -174,7 +174,7 @@ impl Report {
         let charts: Vec<&str> = self.charts().into_iter().map(|(stem, _)| stem).collect();
         let img = |stem: &str| {
             if charts.contains(&stem) {
-                format!("![{stem}]({stem}.png)")
+                format!("![{stem}]({stem}.{})", super::plot::IMAGE_EXT)
             } else {
                 String::new()
             }

@@ -23,13 +23,21 @@ pub const DEFAULT_SEED: u64 = 0;
 /// Memory for cached layer-L states; beyond it they are recomputed every step.
 pub const DEFAULT_CACHE_MB: usize = 8192;
 
+/// The training objective when none is named (see [`super::objective::METHODS`]).
+pub const DEFAULT_METHOD: &str = "bipo";
+/// RePS: the steering factors a step samples from (bipo's choice around multiplier 1,
+/// so the trained vector's unit strength sits inside the range it was trained on).
+pub const DEFAULT_REPS_FACTORS: [f64; 4] = [0.5, 1.0, 1.5, 2.0];
+
 /// Largest accepted `cache_mb` (1 TiB): beyond it the byte count would overflow.
 pub const MAX_CACHE_MB: usize = 1 << 20;
 
-/// Everything that determines a BiPO run.
+/// Everything that determines a training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// The objective: `bipo` (the paper's, Eq. 3) or `reps` (see [`super::objective`]).
+    pub method: String,
     /// 0-based decoder block whose output is steered.
     pub layer: usize,
     pub epochs: usize,
@@ -60,11 +68,14 @@ pub struct TrainConfig {
     /// Positions the vector is added to while training: all (the paper's), the prompt's
     /// only, or the responses' only (`generated`).
     pub positions: crate::steer::Positions,
+    /// RePS: steering factors sampled, one per step.
+    pub reps_factors: Vec<f64>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            method: DEFAULT_METHOD.into(),
             layer: 15,
             epochs: DEFAULT_EPOCHS,
             max_steps: None,
@@ -83,6 +94,7 @@ impl Default for TrainConfig {
             template: None,
             cache_mb: DEFAULT_CACHE_MB,
             positions: crate::steer::Positions::All,
+            reps_factors: DEFAULT_REPS_FACTORS.to_vec(),
         }
     }
 }
@@ -111,6 +123,7 @@ impl TrainConfig {
                 Err(Error::invalid(name, format!("{x} (must be > 0)")))
             }
         };
+        super::objective::check_method(&self.method)?;
         pos("lr", self.lr)?;
         pos("beta", self.beta)?;
         pos("adam_eps", self.adam_eps)?;
@@ -119,6 +132,15 @@ impl TrainConfig {
             if x == 0 {
                 return Err(Error::invalid(n, "0 (must be >= 1)"));
             }
+        }
+        if self.reps_factors.is_empty() {
+            return Err(Error::invalid(
+                "reps_factors",
+                "[] (give at least one factor)",
+            ));
+        }
+        for &f in &self.reps_factors {
+            pos("reps_factors", f)?;
         }
         if self.micro_batch == Some(0) {
             return Err(Error::invalid("micro_batch", "0 (must be >= 1)"));

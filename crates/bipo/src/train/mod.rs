@@ -2,7 +2,9 @@
 
 pub mod bipo;
 pub mod config;
+pub mod objective;
 pub mod pipeline;
+pub mod reps;
 pub mod rundir;
 pub mod trainer;
 

@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use super::bipo::{tokenize, Prepared};
 use super::rundir::{RunDir, Start};
 use super::trainer::{Outcome, DEFAULT_CHECKPOINT_EVERY};
 use super::{Event, TrainConfig, Trainer};
+use crate::activations::{tokenize, Prepared};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::eval::pipeline::template_of;
@@ -101,7 +101,7 @@ pub fn run(
     let resume = job.start == Start::Resume;
     let dir = RunDir::open(job.out, job.start)?;
     let record = RunRecord::new(
-        "bipo",
+        &cfg.method,
         cfg,
         ModelRecord::of(lm)?,
         DataRecord::of(job.train_path, job.train),
@@ -133,7 +133,7 @@ pub fn run(
     let meta = VectorMeta {
         name: job.name.clone(),
         model: Some(model),
-        method: Some("bipo".into()),
+        method: Some(cfg.method.clone()),
         extra: [
             (
                 "config".to_string(),

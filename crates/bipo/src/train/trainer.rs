@@ -1,5 +1,6 @@
-//! The BiPO training loop: AdamW on the vector only, warm-up + cosine schedule,
-//! gradient clipping, a seeded direction per step, per-step metrics, a checkpoint and
+//! The training loop of every objective ([`super::objective`]): AdamW on the vector
+//! only, warm-up + cosine schedule, gradient clipping, a seeded draw per step (BiPO's
+//! direction, RePS's factor), per-step metrics, a checkpoint and
 //! a vector file after every epoch (and a checkpoint every few steps), exact resume,
 //! and a clean stop on request.
 //!
@@ -18,9 +19,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::bipo::Prepared;
 use super::config::TrainConfig;
+use super::objective::{evaluate, objective, Objective};
 use super::rundir::RunDir;
+use crate::activations::Prepared;
 use crate::error::{Error, Result};
 use crate::run::RunInputs;
 use crate::vector::{SteeringVector, VectorMeta};
@@ -37,10 +39,12 @@ pub struct StepMetrics {
     pub step: usize,
     pub epoch: usize,
     pub loss: f32,
+    /// The step's draw: BiPO's direction d, RePS's steering factor.
     pub d: f32,
-    /// Mean beta * (matching margin - opposite margin) over the batch.
+    /// Mean margin over the batch: BiPO's beta * (matching margin - opposite margin),
+    /// RePS's steering term D+.
     pub reward_margin: f32,
-    /// Fraction of pairs the current vector ranks the right way for direction d.
+    /// Fraction of pairs the current vector ranks the right way for the draw.
     pub accuracy: f32,
     pub grad_norm: f32,
     pub vector_norm: f32,
@@ -53,10 +57,10 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub step: usize,
     pub train_loss: f32,
-    /// Held-out BiPO loss with +v and with -v (when a test set is given).
+    /// Held-out loss with +v and, for BiPO, with -v (when a test set is given).
     pub test_loss_plus: Option<f32>,
     pub test_loss_minus: Option<f32>,
-    /// Held-out mean beta-scaled margin at +v (higher = behaviour more likely).
+    /// Held-out mean margin at +v (higher = behaviour more likely).
     pub test_margin_plus: Option<f32>,
 }
 
@@ -115,10 +119,15 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
+/// The random generator of 0-based `step` in stream `stream` (objectives draw from
+/// streams of their own, 3 and up), recomputable on resume.
+pub(crate) fn step_rng(seed: u64, stream: u64, step: usize) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(mix(seed, stream, step as u64))
+}
+
 /// Direction d in {-1, +1} of 0-based `step`.
 pub fn step_direction(seed: u64, step: usize) -> f32 {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed, STREAM_DIRECTION, step as u64));
-    if rng.random_bool(0.5) {
+    if step_rng(seed, STREAM_DIRECTION, step).random_bool(0.5) {
         1.0
     } else {
         -1.0
@@ -127,19 +136,6 @@ pub fn step_direction(seed: u64, step: usize) -> f32 {
 
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
-}
-
-/// Mean held-out loss and margin at direction d, without gradients.
-pub fn evaluate(p: &Prepared, v: &Tensor, d: f32, cfg: &TrainConfig) -> Result<(f32, f32)> {
-    let (mut loss, mut margin, mut n) = (0f64, 0f64, 0usize);
-    let idx: Vec<usize> = (0..p.len()).collect();
-    for chunk in idx.chunks(cfg.batch_size) {
-        let out = p.loss(chunk, &v.detach(), d, cfg.beta as f32)?;
-        loss += out.loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        margin += out.margins.iter().map(|&m| m as f64).sum::<f64>();
-        n += chunk.len();
-    }
-    Ok(((loss / n as f64) as f32, (margin / n as f64) as f32))
 }
 
 /// Default interval, in steps, between checkpoints inside an epoch.
@@ -263,6 +259,7 @@ impl Trainer<'_, '_> {
     ) -> Result<Outcome> {
         let cfg = &self.cfg;
         cfg.validate()?;
+        let obj: Box<dyn Objective> = objective(cfg)?;
         let n = self.train.len();
         let per_epoch = cfg.steps_per_epoch(n);
         let total = per_epoch * cfg.epochs;
@@ -278,7 +275,7 @@ impl Trainer<'_, '_> {
                 epoch_loss: ck.epoch_loss,
             }
         } else {
-            let zeros = super::bipo::zeros_like_model(self.train)?;
+            let zeros = vec![0f32; self.train.model_hidden_size()];
             State {
                 step: 0,
                 v: zeros.clone(),
@@ -311,7 +308,7 @@ impl Trainer<'_, '_> {
             let k = step % per_epoch;
             let order = epoch_order(cfg.seed, epoch, n);
             let batch = &order[k * cfg.batch_size..((k + 1) * cfg.batch_size).min(n)];
-            let d = step_direction(cfg.seed, step);
+            let d = obj.draw(cfg.seed, step);
             // Micro-batches bound the memory of the backward pass: each part's gradient
             // is weighted by its share of the batch (the loss is a mean over pairs), so
             // the sum is the whole batch's gradient. One part (the default) is exactly
@@ -322,7 +319,7 @@ impl Trainer<'_, '_> {
             for part in batch.chunks(micro) {
                 let w = part.len() as f32 / batch.len() as f32;
                 let var = Var::from_tensor(&Tensor::new(st.v.as_slice(), &dev)?)?;
-                let out = self.train.loss(part, var.as_tensor(), d, cfg.beta as f32)?;
+                let out = obj.loss(self.train, part, var.as_tensor(), d)?;
                 let l = out.loss.to_scalar::<f32>()?;
                 if !l.is_finite() {
                     return Err(Error::NonFinite(format!(
@@ -380,10 +377,13 @@ impl Trainer<'_, '_> {
                 let vt = Tensor::new(st.v.as_slice(), &dev)?;
                 let (mut tp, mut tm, mut mp) = (None, None, None);
                 if let Some(test) = self.test {
-                    let (lp, marg) = evaluate(test, &vt, 1.0, cfg)?;
+                    let draws = obj.held_out_draws();
+                    let (lp, marg) = evaluate(obj.as_ref(), test, &vt, draws[0], cfg.batch_size)?;
                     tp = Some(lp);
                     mp = Some(marg);
-                    tm = Some(evaluate(test, &vt, -1.0, cfg)?.0);
+                    if let Some(&minus) = draws.get(1) {
+                        tm = Some(evaluate(obj.as_ref(), test, &vt, minus, cfg.batch_size)?.0);
+                    }
                 }
                 let em = EpochMetrics {
                     epoch: e,
