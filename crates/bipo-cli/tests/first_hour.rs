@@ -110,24 +110,43 @@ fn the_last_layer_and_a_fraction_of_depth_name_layers() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v = bipo::io::read_vector(&out.join("vector.safetensors")).unwrap();
     assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [28]);
-    // Several layers where one is trained: refused, naming the list.
+    // Several layers: one direction each, trained jointly (BiPO); refused for RePS.
+    let r2 = d.path().join("r2");
+    let args = |method: &'static str| {
+        vec![
+            "train".to_string(),
+            "-m".into(),
+            model(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "-o".into(),
+            r2.to_str().unwrap().into(),
+            "--force".into(),
+            "--layer".into(),
+            "10,14".into(),
+            "--max-steps".into(),
+            "1".into(),
+            "--lr".into(),
+            "0.01".into(),
+            "--method".into(),
+            method.into(),
+        ]
+    };
     let o = bipo_env(
-        &[
-            "train",
-            "-m",
-            &model(),
-            "--data",
-            data.to_str().unwrap(),
-            "-o",
-            d.path().join("r2").to_str().unwrap(),
-            "--layer",
-            "10-14",
-        ],
+        &args("bipo").iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = bipo::io::read_vector(&r2.join("vector.safetensors")).unwrap();
+    assert_eq!(v.layers.keys().copied().collect::<Vec<_>>(), [10, 14]);
+    assert!(v.norms().values().all(|&n| n > 0.0), "a layer did not move");
+    let o = bipo_env(
+        &args("reps").iter().map(String::as_str).collect::<Vec<_>>(),
         &[],
     );
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("10-14") && stderr(&o).contains("takes one"),
+        stderr(&o).contains("10,14") && stderr(&o).contains("RePS trains one layer"),
         "{}",
         stderr(&o)
     );

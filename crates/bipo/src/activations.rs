@@ -77,6 +77,8 @@ pub struct Prepared<'m> {
     pub ref_logp: Vec<[f32; 2]>,
     /// Which positions the steering is added to (all; the prompt's; the responses').
     positions: Positions,
+    /// Blocks a trained vector steers, ascending; the first is `layer` (cached).
+    steered: Vec<usize>,
 }
 
 /// Bytes per f32.
@@ -115,6 +117,7 @@ impl<'m> Prepared<'m> {
             prefix: None,
             ref_logp: Vec::new(),
             positions: Positions::All,
+            steered: vec![layer],
         };
         for (c, chunk) in p.examples.chunks(PREPARE_BATCH).enumerate() {
             let idx: Vec<usize> = (c * PREPARE_BATCH..c * PREPARE_BATCH + chunk.len()).collect();
@@ -145,6 +148,7 @@ impl<'m> Prepared<'m> {
             prefix: None,
             ref_logp: Vec::new(),
             positions: Positions::All,
+            steered: vec![0],
         })
     }
 
@@ -158,6 +162,58 @@ impl<'m> Prepared<'m> {
 
     pub fn positions(&self) -> Positions {
         self.positions
+    }
+
+    /// Trains one direction per block of `layers` (ascending, the first the prepared
+    /// layer, whose output stays the cached one): vectors passed to the objectives are
+    /// then the directions of these layers concatenated, (layers x hidden,).
+    pub fn set_layers(&mut self, layers: &[usize]) -> Result<()> {
+        let ok = layers.first() == Some(&self.layer)
+            && layers.windows(2).all(|w| w[0] < w[1])
+            && layers.iter().all(|&l| l < self.model.num_layers());
+        if !ok {
+            return Err(Error::invalid(
+                "layers",
+                format!(
+                    "{layers:?} (must ascend from the prepared layer {}, each < {})",
+                    self.layer,
+                    self.model.num_layers()
+                ),
+            ));
+        }
+        self.steered = layers.to_vec();
+        Ok(())
+    }
+
+    /// The blocks a trained vector steers (see [`Self::set_layers`]).
+    pub fn steered_layers(&self) -> &[usize] {
+        &self.steered
+    }
+
+    /// `v` (layers x hidden,) times `scale` as steering: the delta added to the cached
+    /// layer's output and the steering of the later layers (none for one layer).
+    pub(crate) fn split_vector(&self, v: &Tensor, scale: f64) -> Result<(Tensor, Steering)> {
+        let h = self.model.hidden_size();
+        if v.dim(0)? != h * self.steered.len() {
+            return Err(Error::invalid(
+                "vector",
+                format!(
+                    "{} values for {} layer(s) of width {h}",
+                    v.dim(0)?,
+                    self.steered.len()
+                ),
+            ));
+        }
+        let scaled = (v * scale)?.to_dtype(self.model.dtype())?;
+        if self.steered.len() == 1 {
+            return Ok((scaled, Steering::none()));
+        }
+        let later = self.steered[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| Ok((l, scaled.narrow(0, (i + 1) * h, h)?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok((scaled.narrow(0, 0, h)?, Steering::from_deltas(later)))
     }
 
     /// (rows, t, 1) 0/1 weights of the steered positions for rows laid out by `len_of`
@@ -425,16 +481,16 @@ impl<'m> Prepared<'m> {
         Ok(owner.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?)
     }
 
-    /// Mean over all examples of `lp(matching) - lp(opposite)` with the vector `v` at
-    /// `multiplier`, without gradients.
+    /// Mean over all examples of `lp(matching) - lp(opposite)` with the vector `v`
+    /// (layers x hidden,) at `multiplier`, without gradients.
     pub fn mean_margin(&self, v: &Tensor, multiplier: f32, batch: usize) -> Result<f32> {
         let idx: Vec<usize> = (0..self.len()).collect();
         let mut sum = 0f64;
+        let (delta, later) = self.split_vector(&v.detach(), multiplier as f64)?;
         for chunk in idx.chunks(batch.max(1)) {
             let states = self.prefix_states(chunk)?;
-            let delta = (v.detach() * multiplier as f64)?.to_dtype(self.model.dtype())?;
             let lp: Vec<f32> = self
-                .logp_from_prefix(chunk, &states, Some(&delta))?
+                .logp_steered(chunk, &states, Some(&delta), &later)?
                 .to_vec1()?;
             crate::util::check_finite("steered response log-probabilities", &lp)?;
             sum += lp
@@ -479,8 +535,9 @@ impl<'m> Prepared<'m> {
 
     /// Summed response log-probabilities (2n,), interleaved (matching, opposite), the
     /// reference way: a full forward from the embeddings every call (no caches), with
-    /// `delta` added to block L's output at the steered positions.
-    pub fn logp_plain(&self, idx: &[usize], delta: Option<&Tensor>) -> Result<Tensor> {
+    /// the (already scaled) vector `v` (layers x hidden,) added to the steered blocks'
+    /// outputs at the steered positions.
+    pub fn logp_plain(&self, idx: &[usize], v: Option<&Tensor>) -> Result<Tensor> {
         let seqs: Vec<Vec<u32>> = idx
             .iter()
             .flat_map(|&i| [0, 1].map(|w| self.examples[i].sequence(w)))
@@ -493,10 +550,15 @@ impl<'m> Prepared<'m> {
             .collect();
         let ids = Tensor::from_vec(flat, (seqs.len(), t), self.model.device())?;
         let m = self.model;
-        let st = match delta {
+        let st = match v {
             None => Steering::none(),
-            Some(d) => {
-                let st = Steering::from_deltas(BTreeMap::from([(self.layer, d.clone())]));
+            Some(v) => {
+                let (first, later) = self.split_vector(v, 1.0)?;
+                let mut deltas = BTreeMap::from([(self.layer, first)]);
+                for l in later.layers().collect::<Vec<_>>() {
+                    deltas.insert(l, later.delta(l).expect("listed").clone());
+                }
+                let st = Steering::from_deltas(deltas);
                 // Padded rows: sequence 2j + w is example idx[j]'s prompt then response w.
                 let steered = self.position_mask(
                     seqs.len(),

@@ -264,3 +264,73 @@ fn prompt_only_and_response_only_losses_equal_masked_full_forwards() {
     assert_ne!(losses[2], losses[0], "response-only differs from all");
     assert_ne!(losses[1], losses[2]);
 }
+
+/// A two-layer vector (blocks 0 and 2 of 3, cache at block 0, block 2 steered inside
+/// the differentiable forward): the cached loss and gradient equal the plain full
+/// forward's, and autograd matches central differences on coordinates of both layers.
+#[test]
+fn a_two_layer_vector_trains_through_the_cache_like_the_full_forward() {
+    let m = random_model(tiny_config(), 24, None).unwrap();
+    let mut p = Prepared::new(&m, 0, tiny_examples(), ALL, |_, _| {}).unwrap();
+    p.set_layers(&[0, 2]).unwrap();
+    let h = m.hidden_size();
+    let v0: Vec<f32> = (0..2 * h)
+        .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.05)
+        .collect();
+    let idx = [0, 1, 2];
+    let run = |plain: bool, v: &[f32]| {
+        let var = Var::from_tensor(&Tensor::new(v, m.device()).unwrap()).unwrap();
+        let out = if plain {
+            p.loss_plain(&idx, var.as_tensor(), 1.0, 0.1)
+        } else {
+            p.loss(&idx, var.as_tensor(), 1.0, 0.1)
+        }
+        .unwrap();
+        let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
+        let g: Vec<f32> = out
+            .loss
+            .backward()
+            .unwrap()
+            .get(&var)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (loss, g)
+    };
+    let ((lc, gc), (lp, gp)) = (run(false, &v0), run(true, &v0));
+    assert!((lc - lp).abs() < 1e-5 * lc.abs().max(1.0), "{lc} vs {lp}");
+    let scale = gp.iter().fold(0f32, |a, x| a.max(x.abs()));
+    let diff = gc
+        .iter()
+        .zip(&gp)
+        .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+    assert!(
+        diff < 1e-4 * scale,
+        "gradients differ by {diff} (scale {scale})"
+    );
+    // Both layers' directions receive gradient.
+    for half in [&gc[..h], &gc[h..]] {
+        assert!(half.iter().any(|g| g.abs() > 1e-6 * scale));
+    }
+    let step = 1e-2f32;
+    let mut worst = 0f64;
+    for i in [3, 40, h + 5, h + 50] {
+        let (mut a, mut b) = (v0.clone(), v0.clone());
+        a[i] += step;
+        b[i] -= step;
+        let fd = (run(false, &a).0 - run(false, &b).0) / (2.0 * step as f64);
+        worst = worst.max((fd - gc[i] as f64).abs() / scale as f64);
+    }
+    assert!(
+        worst < 2e-2,
+        "finite differences differ by {worst} of the scale"
+    );
+    // A vector of the wrong width is refused, naming the layers.
+    let short = Tensor::new(&v0[..h], m.device()).unwrap();
+    let e = p.loss(&idx, &short, 1.0, 0.1).err().unwrap().to_string();
+    assert!(e.contains("2 layer(s)"), "{e}");
+    assert!(
+        p.set_layers(&[1, 2]).is_err(),
+        "layers must start at the cached one"
+    );
+}

@@ -299,3 +299,52 @@ fn micro_batches_reach_the_vector_of_whole_batches() {
     // Parts as large as the batch are the unsplit computation, bit for bit.
     assert_eq!(run(Some(3)).layers, whole.layers);
 }
+
+/// Two layers trained jointly: both directions move, the vector file holds both, and a
+/// stopped run resumed reaches the uninterrupted run's vector bit for bit.
+#[test]
+fn a_two_layer_run_saves_both_directions_and_resumes_exactly() {
+    let m = random_model(tiny_config(), 37, None).unwrap();
+    let mut p = Prepared::new(&m, 0, examples(), usize::MAX, |_, _| {}).unwrap();
+    p.set_layers(&[0, 2]).unwrap();
+    let cfg = TrainConfig {
+        layer: 0,
+        layers: vec![0, 2],
+        ..config()
+    };
+    let run = |dir: &std::path::Path, start: Start, stop_after: Option<usize>| {
+        let out = open(dir, start);
+        let t = Trainer {
+            cfg: cfg.clone(),
+            ..trainer(&p, &out)
+        };
+        let stop = AtomicBool::new(false);
+        let mut steps = 0;
+        t.run(start == Start::Resume, &stop, |e| {
+            if let Event::Step(_) = e {
+                steps += 1;
+                if Some(steps) == stop_after {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .unwrap()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let full = run(whole.path(), Start::Fresh, None);
+    assert_eq!(
+        full.vector.layers.keys().copied().collect::<Vec<_>>(),
+        [0, 2]
+    );
+    assert!(
+        full.vector.norms().values().all(|&n| n > 1e-3),
+        "{:?}",
+        full.vector.norms()
+    );
+    let file = bipo::io::read_vector(&whole.path().join(VECTOR_FILE)).unwrap();
+    assert_eq!(file.layers, full.vector.layers);
+    let split = tempfile::tempdir().unwrap();
+    assert!(run(split.path(), Start::Fresh, Some(4)).interrupted);
+    let rest = run(split.path(), Start::Resume, None);
+    assert_eq!(rest.vector.layers, full.vector.layers);
+}

@@ -31,7 +31,8 @@ pub struct Args {
     config: Option<PathBuf>,
     /// 0-based decoder block whose output is steered: N, -1 (the last), or a fraction of
     /// depth like 0.5 [default: ~45% of the model's depth, e.g. 14 of 30; the BiPO paper
-    /// used 15 of 32].
+    /// used 15 of 32]. Several (`12,15`, `10-14`) train one direction per block jointly
+    /// (BiPO), with the blocks before the lowest cached.
     #[arg(long, allow_hyphen_values = true)]
     layer: Option<LayerSpec>,
     /// Passes over the training pairs [default: 20, the paper's].
@@ -174,9 +175,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     let lm = a.model.load()?;
     if let Some(spec) = &a.layer {
-        cfg.layer = spec
-            .resolve_one(lm.model.num_layers())
+        let layers = spec
+            .resolve(lm.model.num_layers())
             .with_context(|| format!("--layer {spec}"))?;
+        cfg.layer = layers[0];
+        cfg.layers = if layers.len() > 1 { layers } else { Vec::new() };
+        cfg.validate().with_context(|| format!("--layer {spec}"))?;
     } else if !layer_given {
         cfg.layer = bipo::train::default_layer(lm.model.num_layers());
         crate::note!(

@@ -279,11 +279,11 @@ def _pairs(data) -> Union[str, List[Tuple[str, str, str]]]:
     return rows
 
 
-def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, method: str = "bipo", test=None,
+def train(model: Model, data, *, out: PathLike, layer: Union[int, Sequence[int], None] = None, method: str = "bipo", test=None,
           resume: bool = False, force: bool = False, progress=None, skip_invalid: bool = False,
           **settings) -> TrainResult:
     """Trains a BiPO (``method="bipo"``) or RePS (``"reps"``) steering vector, exactly as
-    ``bipo train``.
+    ``bipo train``. ``layer``: one block, or several trained jointly (BiPO only).
 
     ``data``: a pairs file (CSV, JSON, JSONL in any format ``bipo train`` reads), a list
     of ``{question, matching, not_matching}`` dicts or tuples, or a pandas DataFrame
@@ -304,7 +304,12 @@ def train(model: Model, data, *, out: PathLike, layer: Optional[int] = None, met
                                 f"from bipo.baseline")
     cfg = dict(settings)
     cfg["method"] = method
-    if layer is not None:
+    if isinstance(layer, (list, tuple)):
+        ls = sorted({int(x) for x in layer})
+        cfg["layer"] = ls[0]
+        if len(ls) > 1:
+            cfg["layers"] = ls
+    elif layer is not None:
         cfg["layer"] = int(layer)
     test_pairs = None if test is None else _pairs(test)
     with _progress.for_training(progress) as report:

@@ -54,19 +54,18 @@ impl Objective for Bipo {
 }
 
 impl Prepared<'_> {
-    /// BiPO loss on examples `idx` with the vector `v` (hidden,) steered by `d`.
+    /// BiPO loss on examples `idx` with the vector `v` (layers x hidden,) steered by `d`.
     pub fn loss(&self, idx: &[usize], v: &Tensor, d: f32, beta: f32) -> Result<LossOutput> {
         let states = self.prefix_states(idx)?;
-        let delta = (v * d as f64)?.to_dtype(self.model().dtype())?;
-        let lp = self.logp_from_prefix(idx, &states, Some(&delta))?;
+        let (delta, later) = self.split_vector(v, d as f64)?;
+        let lp = self.logp_steered(idx, &states, Some(&delta), &later)?;
         finish(&lp, &self.ref_tensor(idx)?, d, beta)
     }
 
     /// The same loss computed the reference way: full steered forward, and two full
     /// unsteered forwards for the reference, every call; no caches.
     pub fn loss_plain(&self, idx: &[usize], v: &Tensor, d: f32, beta: f32) -> Result<LossOutput> {
-        let delta = (v * d as f64)?.to_dtype(self.model().dtype())?;
-        let lp = self.logp_plain(idx, Some(&delta))?;
+        let lp = self.logp_plain(idx, Some(&(v * d as f64)?))?;
         // Two reference forwards (matching and opposite), as the reference code does;
         // here both halves come from one padded batch, computed twice.
         let ref_a = self.logp_plain(idx, None)?;

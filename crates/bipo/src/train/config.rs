@@ -38,8 +38,11 @@ pub const MAX_CACHE_MB: usize = 1 << 20;
 pub struct TrainConfig {
     /// The objective: `bipo` (the paper's, Eq. 3) or `reps` (see [`super::objective`]).
     pub method: String,
-    /// 0-based decoder block whose output is steered.
+    /// 0-based decoder block whose output is steered (with `layers`: the lowest).
     pub layer: usize,
+    /// Several blocks trained jointly, one direction each (ascending, the first equal
+    /// to `layer`); empty = `layer` alone.
+    pub layers: Vec<usize>,
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule still spans `epochs`).
     pub max_steps: Option<usize>,
@@ -77,6 +80,7 @@ impl Default for TrainConfig {
         Self {
             method: DEFAULT_METHOD.into(),
             layer: 15,
+            layers: Vec::new(),
             epochs: DEFAULT_EPOCHS,
             max_steps: None,
             lr: DEFAULT_LR,
@@ -133,6 +137,28 @@ impl TrainConfig {
                 return Err(Error::invalid(n, "0 (must be >= 1)"));
             }
         }
+        if !self.layers.is_empty() {
+            let ascending = self.layers.windows(2).all(|w| w[0] < w[1]);
+            if !ascending || self.layers[0] != self.layer {
+                return Err(Error::invalid(
+                    "layers",
+                    format!(
+                        "{:?} (must ascend without repeats and start at layer {})",
+                        self.layers, self.layer
+                    ),
+                ));
+            }
+            if self.method == "reps" && self.layers.len() > 1 {
+                return Err(Error::invalid(
+                    "layers",
+                    format!(
+                        "{:?}: RePS trains one layer (its nulling intervention acts on the \
+                         cached layer's states); use --method bipo for several",
+                        self.layers
+                    ),
+                ));
+            }
+        }
         if self.reps_factors.is_empty() {
             return Err(Error::invalid(
                 "reps_factors",
@@ -172,6 +198,15 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The blocks a run steers, ascending (the first is cached).
+    pub fn steered_layers(&self) -> Vec<usize> {
+        if self.layers.is_empty() {
+            vec![self.layer]
+        } else {
+            self.layers.clone()
+        }
     }
 
     /// Steps per epoch for `n` pairs.

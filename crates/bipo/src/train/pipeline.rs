@@ -122,6 +122,7 @@ pub fn run(
             |done, total| progress(Progress::Preparing { what, done, total }),
         )?;
         p.set_positions(cfg.positions);
+        p.set_layers(&cfg.steered_layers())?;
         Ok(p)
     };
     let train = prepare(job.train, "train")?;
@@ -164,10 +165,9 @@ pub fn run(
     let mut test_margins = Vec::new();
     if let (Some(test), false) = (&test, outcome.interrupted) {
         // The held-out preference margin must rise with the multiplier.
-        let v = candle_core::Tensor::new(
-            outcome.vector.layers[&cfg.layer].as_slice(),
-            lm.model.device(),
-        )?;
+        // The directions in layer order, as the trainer holds them.
+        let flat: Vec<f32> = outcome.vector.layers.values().flatten().copied().collect();
+        let v = candle_core::Tensor::new(flat.as_slice(), lm.model.device())?;
         let mut rows = Vec::new();
         for m in MARGIN_MULTIPLIERS {
             let margin = test.mean_margin(&v, m, cfg.batch_size)?;

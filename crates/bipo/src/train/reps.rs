@@ -29,7 +29,7 @@ use rand::Rng;
 use super::config::TrainConfig;
 use super::objective::{neg_log_sigmoid, LossOutput, Objective};
 use crate::activations::Prepared;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// RePS with the steering factors it samples from.
 pub struct Reps {
@@ -63,6 +63,12 @@ impl Objective for Reps {
     }
 
     fn loss(&self, p: &Prepared, idx: &[usize], v: &Tensor, a: f32) -> Result<LossOutput> {
+        if p.steered_layers().len() > 1 {
+            return Err(Error::invalid(
+                "layers",
+                "RePS trains one layer (its nulling intervention acts on the cached layer)",
+            ));
+        }
         let n = idx.len();
         let dt = p.model().dtype();
         let states = p.prefix_states(idx)?;

@@ -170,8 +170,28 @@ impl Trainer<'_, '_> {
         self.out.path()
     }
 
+    /// Values trained: the model's width times the steered layers.
+    fn width(&self) -> usize {
+        self.train.model_hidden_size() * self.train.steered_layers().len()
+    }
+
+    /// The flat state (layers x hidden) as a vector, one direction per steered layer.
+    fn vector_of(&self, v: &[f32]) -> SteeringVector {
+        let h = self.train.model_hidden_size();
+        SteeringVector {
+            layers: self
+                .train
+                .steered_layers()
+                .iter()
+                .zip(v.chunks_exact(h))
+                .map(|(&l, d)| (l, d.to_vec()))
+                .collect(),
+            meta: self.meta.clone(),
+        }
+    }
+
     fn save_vector(&self, v: &[f32], file: &str) -> Result<SteeringVector> {
-        let sv = SteeringVector::single(self.cfg.layer, v.to_vec(), self.meta.clone());
+        let sv = self.vector_of(v);
         crate::io::safetensors::write(&sv, &self.out_dir().join(file))?;
         Ok(sv)
     }
@@ -211,11 +231,11 @@ impl Trainer<'_, '_> {
             ));
         }
         self.inputs.check_resumes(&ck.inputs, &p)?;
-        let n = self.train.model_hidden_size();
+        let n = self.width();
         if ck.vector.len() != n || ck.adam_m.len() != n || ck.adam_v.len() != n {
             return Err(Error::bad_file(
                 &p,
-                format!("vector width is not the model's {n}"),
+                format!("vector width is not the model's width x steered layers ({n})"),
             ));
         }
         Ok(ck)
@@ -275,7 +295,7 @@ impl Trainer<'_, '_> {
                 epoch_loss: ck.epoch_loss,
             }
         } else {
-            let zeros = vec![0f32; self.train.model_hidden_size()];
+            let zeros = vec![0f32; self.width()];
             State {
                 step: 0,
                 v: zeros.clone(),
@@ -412,7 +432,7 @@ impl Trainer<'_, '_> {
         // The last epoch already wrote this state unless the run stopped in between
         // (or had nothing left to do on resume).
         let vector = if saved_at == Some(st.step) {
-            SteeringVector::single(cfg.layer, st.v, self.meta.clone())
+            self.vector_of(&st.v)
         } else {
             self.save_vector(&st.v, VECTOR_FILE)?
         };
