@@ -71,11 +71,7 @@ pub fn baseline<'py>(
             "caa" => baselines::caa(&d, meta),
             "pca" => baselines::pca_diff(&d, meta),
             _ => {
-                use bipo::eval::damage;
-                let ids = damage::paragraphs(damage::NEUTRAL_TEXT)
-                    .iter()
-                    .map(|t| lm.tokenizer.encode(t, true))
-                    .collect::<bipo::Result<Vec<_>>>()?;
+                let ids = bipo::eval::damage::neutral_ids(&lm.tokenizer, None)?;
                 let ls: Vec<usize> = reads.keys().copied().collect();
                 let means = baselines::neutral_means(&lm.model, &ids, &ls)?;
                 baselines::mean_centring(&reads, &means, meta)?

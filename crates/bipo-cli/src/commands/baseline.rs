@@ -117,19 +117,6 @@ pub fn reads(
     Ok((reads, sha))
 }
 
-/// The neutral text's token ids: `file`'s paragraphs, or bipo's own.
-pub fn neutral_ids(lm: &LoadedModel, file: Option<&Path>) -> Result<Vec<Vec<u32>>> {
-    use bipo::eval::damage;
-    let paras = match file {
-        Some(p) => damage::paragraphs(&bipo::util::read_text(p)?),
-        None => damage::paragraphs(damage::NEUTRAL_TEXT),
-    };
-    paras
-        .iter()
-        .map(|t| Ok(lm.tokenizer.encode(t, true)?))
-        .collect()
-}
-
 /// Mean-centring at the layers of `reads`, against the neutral text.
 pub fn mean_centring(
     lm: &LoadedModel,
@@ -138,7 +125,7 @@ pub fn mean_centring(
     meta: VectorMeta,
 ) -> Result<SteeringVector> {
     let layers: Vec<usize> = reads.keys().copied().collect();
-    let ids = neutral_ids(lm, neutral)?;
+    let ids = bipo::eval::damage::neutral_ids(&lm.tokenizer, neutral)?;
     let means = baselines::neutral_means(&lm.model, &ids, &layers)?;
     Ok(baselines::mean_centring(reads, &means, meta)?)
 }

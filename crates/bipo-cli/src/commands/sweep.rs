@@ -134,10 +134,7 @@ pub fn run(a: Args) -> Result<()> {
     let neutral: Vec<Vec<u32>> = if a.no_damage {
         Vec::new()
     } else {
-        bipo::eval::damage::paragraphs(bipo::eval::damage::NEUTRAL_TEXT)
-            .iter()
-            .map(|t| lm.tokenizer.encode(t, true))
-            .collect::<bipo::Result<_>>()?
+        bipo::eval::damage::neutral_ids(&lm.tokenizer, None)?
     };
     let m = a.multiplier;
     let opts = EvalOptions {

@@ -420,14 +420,7 @@ fn residual_factors(
     let lm = bipo::load::load(model, &Default::default())?;
     v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
         .with_context(|| input.display().to_string())?;
-    let text = match neutral {
-        Some(p) => bipo::util::read_text(p)?,
-        None => bipo::eval::damage::NEUTRAL_TEXT.to_string(),
-    };
-    let ids = bipo::eval::damage::paragraphs(&text)
-        .iter()
-        .map(|t| lm.tokenizer.encode(t, true))
-        .collect::<bipo::Result<Vec<_>>>()?;
+    let ids = bipo::eval::damage::neutral_ids(&lm.tokenizer, neutral)?;
     let layers: Vec<usize> = v.layers.keys().copied().collect();
     let norms = bipo::baselines::residual_norms(&lm.model, &ids, &layers)?;
     Ok(v.layers

@@ -40,6 +40,16 @@ pub fn paragraphs(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Token ids (BOS added as the tokenizer does) of the neutral text: the paragraphs of
+/// `file`, or of bipo's own [`NEUTRAL_TEXT`].
+pub fn neutral_ids(tok: &Tokenizer, file: Option<&std::path::Path>) -> Result<Vec<Vec<u32>>> {
+    let text = match file {
+        Some(p) => crate::util::read_text(p)?,
+        None => NEUTRAL_TEXT.to_string(),
+    };
+    paragraphs(&text).iter().map(|t| tok.encode(t, true)).collect()
+}
+
 impl<'m> DamageSet<'m> {
     /// Tokenizes `texts` (BOS added as the tokenizer does) and runs blocks 0..=layer once.
     pub fn new(model: &'m Model, tok: &Tokenizer, texts: &[String], layer: usize) -> Result<Self> {
