@@ -47,7 +47,10 @@ pub fn neutral_ids(tok: &Tokenizer, file: Option<&std::path::Path>) -> Result<Ve
         Some(p) => crate::util::read_text(p)?,
         None => NEUTRAL_TEXT.to_string(),
     };
-    paragraphs(&text).iter().map(|t| tok.encode(t, true)).collect()
+    paragraphs(&text)
+        .iter()
+        .map(|t| tok.encode(t, true))
+        .collect()
 }
 
 impl<'m> DamageSet<'m> {
