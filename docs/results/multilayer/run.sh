@@ -19,13 +19,13 @@ done
 python3 - "$out" <<'EOF'
 import json, sys
 out = sys.argv[1]
-rows = ["| layers | margin at -1 | at 0 | at +1 | +1 minus -1 | vector norm per layer |",
+rows = ["| layers | margin at -1 | at 0 | at +1 | +1 minus -1 | vector norm |",
         "|---|---|---|---|---|---|"]
 for l in ["12", "16", "12,16"]:
     m = {r["multiplier"]: r["mean_margin"] for r in json.load(open(f"{out}/L{l}/test-margins.json"))}
     steps = [json.loads(x) for x in open(f"{out}/L{l}/metrics.jsonl")]
     last = [s for s in steps if s["type"] == "step"][-1]["metrics"]
-    rows.append(f"| {l} | {m[-1.0]:.3f} | {m[0.0]:.3f} | {m[1.0]:.3f} | {m[1.0] - m[-1.0]:+.3f} | {last['vector_norm']:.3f} (all layers) |")
+    rows.append(f"| {l} | {m[-1.0]:.3f} | {m[0.0]:.3f} | {m[1.0]:.3f} | {m[1.0] - m[-1.0]:+.3f} | {last['vector_norm']:.3f} |")
 open(f"{out}/results.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF
