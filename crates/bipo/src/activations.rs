@@ -190,9 +190,8 @@ impl<'m> Prepared<'m> {
         &self.steered
     }
 
-    /// `v` (layers x hidden,) times `scale` as steering: the delta added to the cached
-    /// layer's output and the steering of the later layers (none for one layer).
-    pub(crate) fn split_vector(&self, v: &Tensor, scale: f64) -> Result<(Tensor, Steering)> {
+    /// `v` (layers x hidden,) times `scale`, cut into one delta per steered layer.
+    fn layer_deltas(&self, v: &Tensor, scale: f64) -> Result<BTreeMap<usize, Tensor>> {
         let h = self.model.hidden_size();
         if v.dim(0)? != h * self.steered.len() {
             return Err(Error::invalid(
@@ -206,14 +205,23 @@ impl<'m> Prepared<'m> {
         }
         let scaled = (v * scale)?.to_dtype(self.model.dtype())?;
         if self.steered.len() == 1 {
-            return Ok((scaled, Steering::none()));
+            return Ok(BTreeMap::from([(self.layer, scaled)]));
         }
-        let later = self.steered[1..]
+        self.steered
             .iter()
             .enumerate()
-            .map(|(i, &l)| Ok((l, scaled.narrow(0, (i + 1) * h, h)?)))
-            .collect::<Result<BTreeMap<_, _>>>()?;
-        Ok((scaled.narrow(0, 0, h)?, Steering::from_deltas(later)))
+            .map(|(i, &l)| Ok((l, scaled.narrow(0, i * h, h)?)))
+            .collect()
+    }
+
+    /// `v` (layers x hidden,) times `scale` as steering: the delta added to the cached
+    /// layer's output and the steering of the later layers (none for one layer).
+    pub(crate) fn split_vector(&self, v: &Tensor, scale: f64) -> Result<(Tensor, Steering)> {
+        let mut deltas = self.layer_deltas(v, scale)?;
+        let first = deltas
+            .remove(&self.layer)
+            .expect("the cached layer is steered");
+        Ok((first, Steering::from_deltas(deltas)))
     }
 
     /// (rows, t, 1) 0/1 weights of the steered positions for rows laid out by `len_of`
@@ -553,12 +561,7 @@ impl<'m> Prepared<'m> {
         let st = match v {
             None => Steering::none(),
             Some(v) => {
-                let (first, later) = self.split_vector(v, 1.0)?;
-                let mut deltas = BTreeMap::from([(self.layer, first)]);
-                for l in later.layers().collect::<Vec<_>>() {
-                    deltas.insert(l, later.delta(l).expect("listed").clone());
-                }
-                let st = Steering::from_deltas(deltas);
+                let st = Steering::from_deltas(self.layer_deltas(v, 1.0)?);
                 // Padded rows: sequence 2j + w is example idx[j]'s prompt then response w.
                 let steered = self.position_mask(
                     seqs.len(),

@@ -172,10 +172,7 @@ fn train_config(
     layer: Option<usize>,
     method: &str,
 ) -> Result<bipo::train::TrainConfig> {
-    let mut cfg = match &a.bipo_config {
-        Some(p) => bipo::train::TrainConfig::from_toml(p)?,
-        None => bipo::train::TrainConfig::default(),
-    };
+    let mut cfg = bipo::train::TrainConfig::from_toml_or_default(a.bipo_config.as_deref())?;
     if let Some(l) = a.layer.or(layer) {
         cfg.layer = l;
     }

@@ -157,10 +157,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     // Settings and data of the optional BiPO runs, read once for every layer.
     let bipo_setup = if a.bipo_steps > 0 {
-        let mut cfg = match &a.bipo_config {
-            Some(p) => bipo::train::TrainConfig::from_toml(p)?,
-            None => bipo::train::TrainConfig::default(),
-        };
+        let mut cfg = bipo::train::TrainConfig::from_toml_or_default(a.bipo_config.as_deref())?;
         if let Some(m) = &a.method {
             cfg.method = m.clone();
         }

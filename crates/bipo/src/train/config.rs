@@ -110,6 +110,11 @@ impl TrainConfig {
         toml::from_str(&text).map_err(|e| Error::bad_file(path, e.to_string()))
     }
 
+    /// The settings of the TOML file at `path`, or the defaults without one.
+    pub fn from_toml_or_default(path: Option<&std::path::Path>) -> Result<Self> {
+        path.map_or_else(|| Ok(Self::default()), Self::from_toml)
+    }
+
     /// Whether the TOML file at `path` sets `key` itself (rather than leaving a default).
     pub fn toml_sets(path: &std::path::Path, key: &str) -> Result<bool> {
         let text = crate::util::read_text(path)?;
@@ -127,7 +132,7 @@ impl TrainConfig {
                 Err(Error::invalid(name, format!("{x} (must be > 0)")))
             }
         };
-        super::objective::check_method(&self.method)?;
+        super::objective::objective(self)?.check(self)?;
         pos("lr", self.lr)?;
         pos("beta", self.beta)?;
         pos("adam_eps", self.adam_eps)?;
@@ -145,16 +150,6 @@ impl TrainConfig {
                     format!(
                         "{:?} (must ascend without repeats and start at layer {})",
                         self.layers, self.layer
-                    ),
-                ));
-            }
-            if self.method == "reps" && self.layers.len() > 1 {
-                return Err(Error::invalid(
-                    "layers",
-                    format!(
-                        "{:?}: RePS trains one layer (its nulling intervention acts on the \
-                         cached layer's states); use --method bipo for several",
-                        self.layers
                     ),
                 ));
             }

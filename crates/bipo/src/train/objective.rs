@@ -36,7 +36,13 @@ pub trait Objective: Send + Sync {
     /// "+v" figure, a second (BiPO's -1) the "-v" one.
     fn held_out_draws(&self) -> &'static [f32];
 
-    /// Mean loss over examples `idx` with the vector `v` (hidden,) at `draw`.
+    /// Refuses settings this objective cannot train (checked by
+    /// [`TrainConfig::validate`]); the default accepts all.
+    fn check(&self, _cfg: &TrainConfig) -> Result<()> {
+        Ok(())
+    }
+
+    /// Mean loss over examples `idx` with the vector `v` (layers x hidden,) at `draw`.
     fn loss(&self, p: &Prepared, idx: &[usize], v: &Tensor, draw: f32) -> Result<LossOutput>;
 }
 

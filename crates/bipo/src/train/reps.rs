@@ -45,6 +45,10 @@ pub fn objective(cfg: &TrainConfig) -> Box<dyn Objective> {
 
 /// Random stream of the factor draws (the trainer's streams are 1 and 2).
 const STREAM_FACTOR: u64 = 3;
+/// Why RePS refuses several layers.
+const ONE_LAYER: &str =
+    "RePS trains one layer (its nulling intervention acts on the cached layer's states)";
+
 /// |v|^2 smoothing: w = v / sqrt(|v|^2 + EPS2).
 const EPS2: f64 = 1e-12;
 
@@ -62,12 +66,19 @@ impl Objective for Reps {
         &[1.0]
     }
 
+    fn check(&self, cfg: &TrainConfig) -> Result<()> {
+        match cfg.steered_layers().as_slice() {
+            [_] => Ok(()),
+            many => Err(Error::invalid(
+                "layers",
+                format!("{many:?}: {ONE_LAYER}; use --method bipo for several"),
+            )),
+        }
+    }
+
     fn loss(&self, p: &Prepared, idx: &[usize], v: &Tensor, a: f32) -> Result<LossOutput> {
         if p.steered_layers().len() > 1 {
-            return Err(Error::invalid(
-                "layers",
-                "RePS trains one layer (its nulling intervention acts on the cached layer)",
-            ));
+            return Err(Error::invalid("layers", ONE_LAYER));
         }
         let n = idx.len();
         let dt = p.model().dtype();
