@@ -46,6 +46,10 @@ pub struct ModelArgs {
     /// copy of the model); `f32` dequantizes a full copy first (the reference path).
     #[arg(long, value_name = "stored|f32", default_value = "stored")]
     pub train_dtype: String,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to
+    /// merge into the model's weights at load; repeat to merge several, in order.
+    #[arg(long, value_name = "ADAPTER")]
+    pub lora: Vec<PathBuf>,
 }
 
 impl ModelArgs {
@@ -65,6 +69,7 @@ impl ModelArgs {
             device: bipo::load::parse_device(&self.device)?,
             dtype: Some(dtype),
             train_weights,
+            lora: self.lora.clone(),
         };
         let t0 = std::time::Instant::now();
         let lm = bipo::load::load(&self.model, &opts)
@@ -73,7 +78,7 @@ impl ModelArgs {
         crate::verbose!(
             "model {}: {} ({}), {} layers, width {}, context {}, weights {}, device {}, \
              {} threads, {:?} kernels, chat template: {}, loaded in {:.2} s",
-            m.info.source,
+            lm.describe(),
             m.info.family,
             m.info.format,
             m.num_layers(),
@@ -153,8 +158,7 @@ impl SteerArgs {
             .map(|spec| {
                 let (path, m) = parse_vector_spec(spec)?;
                 let mut v = bipo::io::read_vector(&path)?;
-                v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                    .with_context(|| format!("{}", path.display()))?;
+                check_vector(&v, &path, lm)?;
                 if let Some(r) = self.layer_range.as_deref() {
                     if !keep_layer_range(&mut v, r)? {
                         crate::note!(
@@ -181,6 +185,20 @@ impl SteerArgs {
             lm.model.dtype(),
         )?)
     }
+}
+
+/// Refuses a vector that does not fit the model (width, layers, finite values) and warns
+/// when its metadata names another model (a transfer: allowed, but said).
+pub fn check_vector(v: &SteeringVector, path: &std::path::Path, lm: &LoadedModel) -> Result<()> {
+    v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
+        .with_context(|| path.display().to_string())?;
+    if v.model_sha256().is_some() {
+        let sha = bipo::load::model_sha256(lm)?;
+        if let Some(w) = v.transfer_warning(&lm.describe(), sha.as_deref()) {
+            crate::note!("warning: {}: {w}", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// The chat template: a built-in one by name, else the model's own.

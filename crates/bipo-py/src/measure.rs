@@ -62,7 +62,7 @@ pub fn baseline<'py>(
         )?;
         let meta = VectorMeta {
             name: format!("{method}-{stem}"),
-            model: Some(lm.model.info.source.clone()),
+            model: Some(lm.identity()?),
             method: Some(if method == "pca" { "pca-diff" } else { method }.into()),
             extra: [("data_sha256".to_string(), sha)].into(),
         };

@@ -60,10 +60,11 @@ impl NativeModel {
 #[pymethods]
 impl NativeModel {
     #[new]
-    #[pyo3(signature = (path, device="cpu"))]
-    fn new(py: Python<'_>, path: String, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, device="cpu", lora=Vec::new()))]
+    fn new(py: Python<'_>, path: String, device: &str, lora: Vec<String>) -> PyResult<Self> {
         let opts = LoadOptions {
             device: bipo::load::parse_device(device).map_err(err)?,
+            lora: lora.into_iter().map(Into::into).collect(),
             ..Default::default()
         };
         let lm = py.detach(|| load(&path, &opts)).map_err(err)?;

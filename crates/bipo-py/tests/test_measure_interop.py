@@ -235,3 +235,15 @@ def test_errors_come_as_subclasses_by_kind(tmp_path, model, happy):
     assert r == happy.random_like(5)
     with pytest.raises(bipo.InvalidValueError, match="like="):
         bipo.baseline(model, method="random")
+
+
+def test_lora_adapters_merge_at_load_like_peft():
+    fixtures = ROOT / "crates" / "bipo" / "tests" / "fixtures"
+    ref = json.loads((fixtures / "lora" / "llama" / "reference.json").read_text())
+    base = bipo.Model.load(fixtures / "families" / "llama")
+    tuned = bipo.Model.load(fixtures / "families" / "llama", lora=[fixtures / "lora" / "llama"])
+    want = np.array(ref["logits"], dtype=np.float32)
+    assert np.abs(base.logits(ref["input_ids"]) - want).max() > 1.0
+    np.testing.assert_allclose(tuned.logits(ref["input_ids"]), want, rtol=0, atol=1e-4)
+    with pytest.raises(bipo.BipoError, match="adapter_config.json"):
+        bipo.Model.load(fixtures / "families" / "llama", lora=[fixtures / "nowhere"])

@@ -24,6 +24,10 @@ pub struct ModelRecord {
     /// sha256 of the GGUF file, or of a folder's config and weight files (see
     /// [`crate::load::model_sha256`]).
     pub sha256: Option<String>,
+    /// PEFT LoRA adapters merged at load, each "PATH sha256:SHA", in order (`sha256`
+    /// above then identifies base and adapters together).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<String>,
 }
 
 impl ModelRecord {
@@ -35,6 +39,11 @@ impl ModelRecord {
             format: info.format.clone(),
             weights: info.weights.clone(),
             sha256: crate::load::model_sha256(lm)?,
+            lora: lm
+                .lora
+                .iter()
+                .map(|a| format!("{} sha256:{}", a.path.display(), a.sha256))
+                .collect(),
         })
     }
 }

@@ -140,6 +140,34 @@ impl SteeringVector {
         Ok(())
     }
 
+    /// The model sha256 recorded in the metadata (`meta.model` = `MODEL sha256:HEX`).
+    pub fn model_sha256(&self) -> Option<&str> {
+        let m = self.meta.model.as_deref()?;
+        let hex = &m[m.rfind("sha256:")? + "sha256:".len()..];
+        let hex = hex.split_whitespace().next()?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+    }
+
+    /// A warning when the vector records a model other than the one it is applied to
+    /// (`model`, with its sha256): a transfer, which the paper shows can work between
+    /// related models and fine-tunes but which nothing checks. None when the hashes
+    /// agree or either is unknown. (Shapes are [`SteeringVector::check_fits`]'s job.)
+    pub fn transfer_warning(&self, model: &str, model_sha256: Option<&str>) -> Option<String> {
+        let (ours, theirs) = (self.model_sha256()?, model_sha256?);
+        if ours.eq_ignore_ascii_case(theirs) {
+            return None;
+        }
+        let made_for = self.meta.model.as_deref().unwrap_or_default();
+        let made_for = made_for[..made_for.rfind("sha256:").unwrap_or(0)].trim_end();
+        Some(format!(
+            "steering vector {} was made for another model ({made_for}, sha256 {}…), \
+             not {model} (sha256 {}…): applying it as a transfer",
+            self.meta.name,
+            &ours[..12],
+            &theirs[..theirs.len().min(12)]
+        ))
+    }
+
     /// Checks the vector fits a model with `num_layers` blocks of width `hidden_size`.
     pub fn check_fits(&self, hidden_size: usize, num_layers: usize) -> Result<()> {
         self.validate()?;
@@ -196,5 +224,33 @@ mod tests {
             VectorMeta::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn transfer_warning_compares_recorded_and_actual_model_hashes() {
+        let sha_a = "a".repeat(64);
+        let sha_b = "b".repeat(64);
+        let mut x = v(&[(1, vec![1.0])]);
+        assert_eq!(
+            x.transfer_warning("m.gguf", Some(&sha_a)),
+            None,
+            "no record"
+        );
+        x.meta.model = Some(format!("models/base.gguf + LoRA ft sha256:{sha_a}"));
+        assert_eq!(x.model_sha256(), Some(sha_a.as_str()));
+        assert_eq!(x.transfer_warning("m.gguf", Some(&sha_a)), None);
+        assert_eq!(x.transfer_warning("m.gguf", None), None);
+        let w = x.transfer_warning("m.gguf", Some(&sha_b)).unwrap();
+        assert!(
+            w.contains("models/base.gguf + LoRA ft") && w.contains("m.gguf"),
+            "{w}"
+        );
+        assert!(
+            w.contains("aaaaaaaaaaaa…") && w.contains("bbbbbbbbbbbb…"),
+            "{w}"
+        );
+        assert!(!w.contains("  "), "{w}");
+        x.meta.model = Some("models/base.gguf sha256:short".into());
+        assert_eq!(x.model_sha256(), None, "not a sha256");
     }
 }

@@ -123,3 +123,118 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
     let e = pipeline::run(&lm, &[wrong], &cfg, Vec::new(), |_, _, _| Ok(())).unwrap_err();
     assert_eq!(e.exit_code(), 2, "{e}");
 }
+
+/// The prompting baseline: its -1/0/+1 rows equal the unsteered model under the
+/// negative instruction, none, and the positive one (measured by separate runs with
+/// that system prompt), and a vector on top of a prompt at multiplier 0 equals the
+/// prompt alone.
+#[test]
+fn the_prompting_rows_equal_runs_under_each_instruction() {
+    use bipo::eval::prompting::{PromptBaseline, PromptMode};
+    let lm = load(
+        common::default_model().to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let happy =
+        bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = PromptBaseline {
+        positive: "You are cheerful and hopeful.".into(),
+        negative: "You are gloomy and hopeless.".into(),
+        mode: PromptMode::System,
+    };
+    let cfg = EvalConfig {
+        data: vec![test_pairs(dir.path(), 3)],
+        multipliers: vec![-1.0, 0.0, 1.0],
+        damage: false,
+        open_ended: 1,
+        max_tokens: 3,
+        prompts: Some(prompts.clone()),
+        prompted: true,
+        ..Default::default()
+    };
+    let out = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &cfg,
+        Vec::new(),
+        |_, _, _| Ok(()),
+    )
+    .unwrap();
+    let names: Vec<&str> = out.report.vectors.iter().map(|v| v.name.as_str()).collect();
+    let n = &happy.meta.name;
+    assert_eq!(
+        names,
+        [
+            n.clone(),
+            "prompting".into(),
+            format!("{n} (prompt+)"),
+            format!("{n} (prompt-)")
+        ]
+    );
+    let at = |name: &str, m: f32| {
+        let v = out.report.vectors.iter().find(|v| v.name == name).unwrap();
+        v.pref_margin
+            .iter()
+            .find(|p| p.multiplier == m)
+            .unwrap()
+            .value
+    };
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    // Each row against a plain run of the vector at 0 under that system prompt.
+    for (d, system) in [
+        (-1.0, Some(&prompts.negative)),
+        (0.0, None),
+        (1.0, Some(&prompts.positive)),
+    ] {
+        let plain = EvalConfig {
+            multipliers: vec![0.0],
+            system: system.cloned(),
+            prompts: None,
+            prompted: false,
+            open_ended: 0,
+            ..cfg.clone()
+        };
+        let r = pipeline::run(
+            &lm,
+            std::slice::from_ref(&happy),
+            &plain,
+            Vec::new(),
+            |_, _, _| Ok(()),
+        )
+        .unwrap();
+        close(at("prompting", d), r.report.vectors[0].pref_margin[0].value);
+    }
+    assert!(
+        (at("prompting", 1.0) - at("prompting", -1.0)).abs() > 1e-3,
+        "the prompts do nothing"
+    );
+    close(at(&format!("{n} (prompt+)"), 0.0), at("prompting", 1.0));
+    close(at(&format!("{n} (prompt-)"), 0.0), at("prompting", -1.0));
+    // Answers: the prompting rows at -1/0/+1 and each vector under each prompt, all
+    // recorded with the plain question.
+    let q = &out.answers[0].question;
+    let prompting: Vec<f32> = out
+        .answers
+        .iter()
+        .filter(|a| a.vector == "prompting")
+        .map(|a| a.multiplier)
+        .collect();
+    assert_eq!(prompting, [-1.0, 0.0, 1.0]);
+    assert_eq!(out.answers.len(), 3 + 3 + 2 * 3);
+    assert!(out.answers.iter().all(|a| &a.question == q));
+    // The prompts must be reported at -1, 0 and +1.
+    let bad = EvalConfig {
+        multipliers: vec![0.0, 2.0],
+        ..cfg.clone()
+    };
+    let e = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &bad,
+        Vec::new(),
+        |_, _, _| Ok(()),
+    );
+    assert!(e.unwrap_err().to_string().contains("must include -1"));
+}

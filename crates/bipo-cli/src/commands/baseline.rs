@@ -45,6 +45,9 @@ pub struct Args {
         env = "BIPO_DEVICE"
     )]
     device: String,
+    /// PEFT LoRA adapter folder merged into the model at load (repeatable).
+    #[arg(long, value_name = "ADAPTER")]
+    lora: Vec<PathBuf>,
     /// Training data (caa, pca): A/B questions (read at the answer letter) or free-text pairs.
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
@@ -131,15 +134,10 @@ pub fn mean_centring(
 }
 
 /// Metadata for a baseline vector.
-pub fn meta(
-    name: &str,
-    method: &str,
-    lm: Option<&LoadedModel>,
-    extra: &[(&str, String)],
-) -> VectorMeta {
+pub fn meta(name: &str, method: &str, model: Option<&str>, extra: &[(&str, String)]) -> VectorMeta {
     VectorMeta {
         name: name.into(),
-        model: lm.map(|l| l.model.info.source.clone()),
+        model: model.map(String::from),
         method: Some(method.into()),
         extra: extra
             .iter()
@@ -194,6 +192,7 @@ pub fn run(a: Args) -> Result<()> {
             device: a.device.clone(),
             dtype: "f32".into(),
             train_dtype: "stored".into(),
+            lora: a.lora.clone(),
         };
         if a.layers.is_empty() {
             bail!("give at least one --layer");
@@ -217,15 +216,16 @@ pub fn run(a: Args) -> Result<()> {
         )?;
         let extra = [("data_sha256", sha), ("read_at", a.read_at.clone())];
         let d = baselines::differences_of(&r);
+        let id = lm.identity()?;
         match a.method {
-            Method::Caa => baselines::caa(&d, meta(&stem, "caa", Some(&lm), &extra)),
+            Method::Caa => baselines::caa(&d, meta(&stem, "caa", Some(&id), &extra)),
             Method::MeanCentring => mean_centring(
                 &lm,
                 &r,
                 a.neutral.as_deref(),
-                meta(&stem, "mean-centring", Some(&lm), &extra),
+                meta(&stem, "mean-centring", Some(&id), &extra),
             )?,
-            _ => baselines::pca_diff(&d, meta(&stem, "pca-diff", Some(&lm), &extra)),
+            _ => baselines::pca_diff(&d, meta(&stem, "pca-diff", Some(&id), &extra)),
         }
     };
     write(&v, &a.out)?;

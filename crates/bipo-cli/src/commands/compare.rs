@@ -80,8 +80,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut bipo_v = match &a.bipo {
         Some(p) => {
             let v = bipo::io::read_vector(p)?;
-            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                .with_context(|| p.display().to_string())?;
+            crate::args::check_vector(&v, p, &lm)?;
             v
         }
         None => {
@@ -99,8 +98,7 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
         Some(Some(p)) => {
             let mut v = bipo::io::read_vector(p)?;
-            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                .with_context(|| p.display().to_string())?;
+            crate::args::check_vector(&v, p, &lm)?;
             v.meta.name = "reps".into();
             Some(v)
         }
@@ -125,14 +123,15 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let d = baselines::differences_of(&r);
     let extra = [("data_sha256", sha.clone()), ("read_at", a.read_at.clone())];
-    let caa = baselines::caa(&d, meta("caa", "caa", Some(&lm), &extra));
+    let id = lm.identity()?;
+    let caa = baselines::caa(&d, meta("caa", "caa", Some(&id), &extra));
     let mc = crate::commands::baseline::mean_centring(
         &lm,
         &r,
         a.flags.neutral.as_deref(),
-        meta("mean-centring", "mean-centring", Some(&lm), &extra),
+        meta("mean-centring", "mean-centring", Some(&id), &extra),
     )?;
-    let pca = baselines::pca_diff(&d, meta("pca", "pca-diff", Some(&lm), &extra));
+    let pca = baselines::pca_diff(&d, meta("pca", "pca-diff", Some(&id), &extra));
     let rnd_extra = [("like", "bipo".to_string()), ("seed", a.seed.to_string())];
     let random = baselines::random_like(
         &bipo_v,

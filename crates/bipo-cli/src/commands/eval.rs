@@ -78,6 +78,15 @@ pub struct EvalFlags {
     /// Report title.
     #[arg(long)]
     pub title: Option<String>,
+    /// Prompting baseline: a TOML file with `positive = "..."` and `negative = "..."`
+    /// instructions (optional `mode = "system"` or `"prefix"`), measured as the row
+    /// `prompting` at multipliers -1/0/+1 beside the vectors.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// With --prompts: also measure every vector on top of each instruction
+    /// (`NAME (prompt+)`, `NAME (prompt-)`).
+    #[arg(long, requires = "prompts")]
+    pub prompted: bool,
 }
 
 #[derive(clap::Args)]
@@ -130,8 +139,18 @@ impl EvalFlags {
         if self.limit == Some(0) {
             bail!("invalid --limit 0: must be >= 1");
         }
+        if let Some(p) = &self.prompts {
+            bipo::eval::prompting::PromptBaseline::read(p).context("--prompts")?;
+            if let Some(d) = bipo::eval::prompting::DIRECTIONS
+                .iter()
+                .find(|d| !self.multipliers.contains(d))
+            {
+                bail!("invalid --multipliers: --prompts reports the prompts at -1, 0 and +1, so include {d}");
+            }
+        }
         let mut all: Vec<(&str, &Path)> = inputs.to_vec();
         all.extend(self.data.iter().map(|d| ("--data", d.as_path())));
+        all.extend(self.prompts.iter().map(|d| ("--prompts", d.as_path())));
         all.extend(self.neutral.iter().map(|d| ("--neutral", d.as_path())));
         bipo::util::fs::check_output_dir(&all, "--out", &self.out, written)?;
         bipo::util::fs::ensure_writable_dir(&self.out)?;
@@ -139,7 +158,7 @@ impl EvalFlags {
     }
 
     /// The library's evaluation settings for these flags.
-    pub fn config(&self, title: String) -> EvalConfig {
+    pub fn config(&self, title: String) -> Result<EvalConfig> {
         let judge = self.judge_url.as_ref().map(|url| JudgeSettings {
             url: url.clone(),
             model: self.judge_model.clone(),
@@ -150,7 +169,7 @@ impl EvalFlags {
             behaviour: self.behaviour.clone(),
             cache_dir: Some(self.out.join("judge-cache")),
         });
-        EvalConfig {
+        Ok(EvalConfig {
             data: self.data.clone(),
             multipliers: self.multipliers.clone(),
             positions: self.positions,
@@ -165,7 +184,13 @@ impl EvalFlags {
             limit: self.limit,
             judge,
             title,
-        }
+            prompts: self
+                .prompts
+                .as_deref()
+                .map(bipo::eval::prompting::PromptBaseline::read)
+                .transpose()?,
+            prompted: self.prompted,
+        })
     }
 }
 
@@ -183,7 +208,7 @@ pub fn run_eval(
 ) -> Result<Report> {
     // The CLI's hint for a model without a chat template.
     crate::args::chat_template(lm, flags.template.as_deref())?;
-    let cfg = flags.config(title.into());
+    let cfg = flags.config(title.into())?;
     if crate::out::verbose() {
         let mut shown = cfg.clone();
         if let Some(j) = shown.judge.as_mut() {
@@ -251,8 +276,7 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|(p, name)| {
             let mut v = bipo::io::read_vector_at(p, a.layer)?;
-            v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-                .with_context(|| p.display().to_string())?;
+            crate::args::check_vector(&v, p, &lm)?;
             if let Some(n) = name {
                 v.meta.name = n.clone();
             }

@@ -90,6 +90,7 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("invalid --api-key: it is empty");
     }
     let mut vectors = Vec::new();
+    let mut paths = Vec::new();
     for spec in &a.vectors {
         let (name, path) = parse_vector(spec)?;
         let v = bipo::io::read_vector(&path)?;
@@ -97,8 +98,12 @@ pub fn run(a: Args) -> Result<()> {
             anyhow::bail!("--vector {spec}: the name `{name}` is given twice");
         }
         vectors.push((name, v));
+        paths.push(path);
     }
     let lm = a.model.load()?;
+    for ((_, v), path) in vectors.iter().zip(&paths) {
+        crate::args::check_vector(v, path, &lm)?;
+    }
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         lm.path
             .file_stem()

@@ -169,12 +169,13 @@ pub fn run(a: Args) -> Result<()> {
     let trained = bipo_setup
         .as_ref()
         .map_or_else(|| "bipo".to_string(), |(c, _)| c.method.clone());
+    let id = lm.identity()?;
     let pb = bar(layers.len() as u64);
     let mut rows = Vec::new();
     for (i, &l) in layers.iter().enumerate() {
         pb.set_message(format!("layer {l}"));
         let one = bipo::baselines::PairDiffs::from([(l, diffs[&l].clone())]);
-        let v = baselines::caa(&one, meta(&format!("caa-L{l}"), "caa", Some(&lm), &[]));
+        let v = baselines::caa(&one, meta(&format!("caa-L{l}"), "caa", Some(&id), &[]));
         let mut vectors = vec![v.clone()];
         if let Some((base, d)) = &bipo_setup {
             let mut cfg = base.clone();

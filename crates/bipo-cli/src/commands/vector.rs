@@ -418,8 +418,7 @@ fn residual_factors(
         bail!("invalid --to-residual {f}: must be > 0 and finite");
     }
     let lm = bipo::load::load(model, &Default::default())?;
-    v.check_fits(lm.model.hidden_size(), lm.model.num_layers())
-        .with_context(|| input.display().to_string())?;
+    crate::args::check_vector(v, input, &lm)?;
     let ids = bipo::eval::damage::neutral_ids(&lm.tokenizer, neutral)?;
     let layers: Vec<usize> = v.layers.keys().copied().collect();
     let norms = bipo::baselines::residual_norms(&lm.model, &ids, &layers)?;

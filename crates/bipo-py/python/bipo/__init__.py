@@ -203,11 +203,14 @@ class Model:
         self.info = json.loads(native.info())
 
     @classmethod
-    def load(cls, path: PathLike, device: str = "cpu", threads: Optional[int] = None) -> "Model":
+    def load(cls, path: PathLike, device: str = "cpu", threads: Optional[int] = None,
+             lora: Optional[Sequence[PathLike]] = None) -> "Model":
+        """`lora`: PEFT LoRA adapter folders merged into the weights at load, in order."""
         if threads is not None:
             set_threads(threads)
         p = os.fspath(path)
-        return cls(_bipo.NativeModel(p, device), p)
+        adapters = [os.fspath(a) for a in (lora or [])]
+        return cls(_bipo.NativeModel(p, device, adapters), p)
 
     @property
     def num_layers(self) -> int:

@@ -13,6 +13,7 @@ pub mod matching;
 pub mod open_ended;
 pub mod pipeline;
 pub mod plot;
+pub mod prompting;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};

@@ -13,6 +13,7 @@ use super::damage;
 use super::judge::{Judge, JudgeConfig};
 use super::matching::{self, Match};
 use super::open_ended::{self, Answer, Question};
+use super::prompting::{self, PromptBaseline};
 use super::report::{DataFile, Report};
 use super::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH, DEFAULT_MULTIPLIERS};
 use crate::data::PreferencePair;
@@ -94,6 +95,11 @@ pub struct EvalConfig {
     pub limit: Option<usize>,
     pub judge: Option<JudgeSettings>,
     pub title: String,
+    /// The prompting baseline: one instruction per direction, measured and reported as
+    /// the pseudo-vector `prompting` at multipliers -1/0/+1 ([`prompting`]).
+    pub prompts: Option<PromptBaseline>,
+    /// Also measure every vector on top of each instruction (`NAME (prompt±)`).
+    pub prompted: bool,
 }
 
 impl Default for EvalConfig {
@@ -113,6 +119,8 @@ impl Default for EvalConfig {
             limit: None,
             judge: None,
             title: "bipo eval".into(),
+            prompts: None,
+            prompted: false,
         }
     }
 }
@@ -140,6 +148,30 @@ impl EvalConfig {
         }
         if self.limit == Some(0) {
             return Err(Error::invalid("limit 0", "must be >= 1"));
+        }
+        match &self.prompts {
+            Some(p) => {
+                p.check()?;
+                if let Some(m) = prompting::DIRECTIONS
+                    .iter()
+                    .find(|d| !self.multipliers.contains(d))
+                {
+                    return Err(Error::invalid(
+                        "multipliers",
+                        format!(
+                            "the prompting baseline is reported at -1, 0 and +1, so the \
+                             multipliers must include {m}"
+                        ),
+                    ));
+                }
+            }
+            None if self.prompted => {
+                return Err(Error::invalid(
+                    "prompted",
+                    "measuring vectors on top of prompts needs the prompts (a prompts file)",
+                ))
+            }
+            None => {}
         }
         Ok(())
     }
@@ -287,24 +319,56 @@ pub fn run(
             r.scale = Some(*s);
         }
     }
+    if let Some(pb) = &cfg.prompts {
+        let no_damage = EvalData {
+            neutral: &[],
+            ..data
+        };
+        let r = prompting::evaluate(
+            lm,
+            &template,
+            pb,
+            vectors.first(),
+            &no_damage,
+            &opts,
+            &mut progress,
+        )?;
+        reports.push(r);
+        if cfg.prompted {
+            for d in [1.0, -1.0] {
+                let (ab, pairs, _) = pb.data(d, data.ab, data.pairs, &[]);
+                let one = EvalData {
+                    ab: ab.as_deref(),
+                    pairs: pairs.as_deref(),
+                    neutral: &[],
+                };
+                let o = EvalOptions {
+                    system: pb.system(d, cfg.system.as_deref()).map(String::from),
+                    ..opts.clone()
+                };
+                let mut rs = super::evaluate(lm, &template, vectors, &one, &o, &mut progress)?;
+                for (i, r) in rs.iter_mut().enumerate() {
+                    r.name = format!("{} ({})", r.name, PromptBaseline::label(d));
+                    r.scale = (cfg.match_by != Match::None).then(|| scales[i]);
+                }
+                reports.extend(rs);
+            }
+        }
+    }
     let questions = questions(ab_items.as_deref(), pairs.as_deref(), cfg.open_ended);
     let (answers, open) = if questions.is_empty() {
         (Vec::new(), None)
     } else {
         open_ended(lm, &template, vectors, cfg, &questions, &mut progress)?
     };
-    let model_sha256 = lm
-        .path
-        .is_file()
-        .then(|| crate::util::file_sha256(&lm.path))
-        .transpose()?;
+    let model_sha256 = crate::load::model_sha256(lm)?;
     let report = Report {
         title: cfg.title.clone(),
         tool: format!("bipo {}", env!("CARGO_PKG_VERSION")),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        model: lm.model.info.source.clone(),
+        model: lm.describe(),
         model_sha256,
         command: crate::util::redact::this_command_line(),
         data: files,
@@ -381,6 +445,55 @@ fn open_ended(
     )?;
     if let Some(e) = stopped.take() {
         return Err(e);
+    }
+    if let Some(pb) = &cfg.prompts {
+        // The prompting rows (-1/0/+1) and, with `prompted`, every vector under each
+        // instruction; answers keep the plain question, which the judge is asked about.
+        let null = [prompting::null_vector(lm, vectors.first())];
+        let mut runs: Vec<(f32, &[SteeringVector], Vec<f32>, String)> = prompting::DIRECTIONS
+            .iter()
+            .map(|&d| (d, &null[..], vec![0.0], String::new()))
+            .collect();
+        if cfg.prompted {
+            for d in [1.0, -1.0] {
+                let suffix = format!(" ({})", PromptBaseline::label(d));
+                runs.push((d, vectors, cfg.multipliers.clone(), suffix));
+            }
+        }
+        for (d, vs, ms, suffix) in runs {
+            let (_, _, qs) = pb.data(d, None, None, questions);
+            let stage = format!(
+                "open-ended answers, {}",
+                if d == 0.0 {
+                    "no prompt"
+                } else {
+                    PromptBaseline::label(d)
+                }
+            );
+            let mut more = open_ended::answers(
+                lm,
+                template,
+                pb.system(d, cfg.system.as_deref()),
+                vs,
+                &ms,
+                &qs,
+                cfg.max_tokens,
+                cfg.positions,
+                |i, n| report(&stage, i, n),
+            )?;
+            if let Some(e) = stopped.take() {
+                return Err(e);
+            }
+            for (i, a) in more.iter_mut().enumerate() {
+                a.question = questions[i % questions.len()].question.clone();
+                if suffix.is_empty() {
+                    a.multiplier = d;
+                } else {
+                    a.vector.push_str(&suffix);
+                }
+            }
+            answers.extend(more);
+        }
     }
     let mut summary = serde_json::json!({
         "answers": "answers.jsonl",

@@ -20,6 +20,7 @@ const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 const WIDTH: f32 = 880.0;
 const HEIGHT: f32 = 520.0;
 const LEFT: f32 = 80.0;
+/// Smallest right margin (the legend's column).
 const RIGHT: f32 = 240.0;
 const TOP: f32 = 72.0;
 const BOTTOM: f32 = 60.0;
@@ -138,7 +139,16 @@ impl LineChart {
             (lo - pad, hi + pad)
         };
         let ((x0, x1), (y0, y1)) = (ext(|p| p.0), ext(|p| p.1));
-        let (pw, ph) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+        // The legend's column grows with the longest name (monospace: ~0.62 em per
+        // character), taking width from the plot, up to half the chart.
+        let longest = self
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        let right = (46.0 + 0.68 * TEXT * longest as f32 + 12.0).clamp(RIGHT, WIDTH / 2.0);
+        let (pw, ph) = (WIDTH - LEFT - right, HEIGHT - TOP - BOTTOM);
         let sx = |x: f64| LEFT + ((x - x0) / (x1 - x0)) as f32 * pw;
         let sy = |y: f64| TOP + ph - ((y - y0) / (y1 - y0)) as f32 * ph;
         let grey = (200, 200, 200);

@@ -4,6 +4,7 @@
 pub mod gguf;
 mod gguf_header;
 pub mod hub;
+pub mod lora;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// How training uses quantized weights.
     pub train_weights: crate::models::TrainWeights,
+    /// PEFT LoRA adapters (folders) merged into the weights at load, in order.
+    pub lora: Vec<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +36,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             train_weights: Default::default(),
+            lora: Vec::new(),
         }
     }
 }
@@ -79,6 +83,30 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     /// The main weight file (GGUF) or folder that was loaded.
     pub path: PathBuf,
+    /// LoRA adapters merged into the weights (`--lora`), in order.
+    pub lora: Vec<weights::LoraRecord>,
+    /// [`model_sha256`], once computed.
+    sha256: std::sync::OnceLock<Option<String>>,
+}
+
+impl LoadedModel {
+    /// The model as given, with any merged LoRA adapters: `MODEL + LoRA ADAPTER`.
+    pub fn describe(&self) -> String {
+        let mut s = self.model.info.source.clone();
+        for a in &self.lora {
+            s.push_str(&format!(" + LoRA {}", a.path.display()));
+        }
+        s
+    }
+
+    /// What a vector made on this model records as its model: `MODEL sha256:SHA` (see
+    /// [`model_sha256`]), which [`crate::SteeringVector::transfer_warning`] reads back.
+    pub fn identity(&self) -> Result<String> {
+        Ok(match model_sha256(self)? {
+            Some(sha) => format!("{} sha256:{sha}", self.describe()),
+            None => self.describe(),
+        })
+    }
 }
 
 /// Where a model spec points.
@@ -124,12 +152,37 @@ impl ModelSource {
 }
 
 /// The model's identity: the sha256 of a GGUF file, or for a folder the sha256 of the
-/// list "name sha256" of its config.json, tokenizer files and weight files.
+/// list "name sha256" of its config.json, tokenizer files and weight files; with LoRA
+/// adapters merged, the sha256 of "base SHA" followed by "lora SHA" for each adapter.
 pub fn model_sha256(lm: &LoadedModel) -> Result<Option<String>> {
+    if let Some(s) = lm.sha256.get() {
+        return Ok(s.clone());
+    }
+    let s = combined_sha256(lm)?;
+    Ok(lm.sha256.get_or_init(|| s).clone())
+}
+
+fn combined_sha256(lm: &LoadedModel) -> Result<Option<String>> {
+    use sha2::{Digest, Sha256};
+    let base = base_sha256(lm)?;
+    if lm.lora.is_empty() {
+        return Ok(base);
+    }
+    let Some(base) = base else { return Ok(None) };
+    let mut h = Sha256::new();
+    h.update(format!("base {base}\n"));
+    for a in &lm.lora {
+        h.update(format!("lora {}\n", a.sha256));
+    }
+    Ok(Some(format!("{:x}", h.finalize())))
+}
+
+fn base_sha256(lm: &LoadedModel) -> Result<Option<String>> {
     use sha2::{Digest, Sha256};
     let p = &lm.path;
+    let sha = crate::util::hash_cache::file_sha256_cached;
     if p.is_file() {
-        return crate::util::file_sha256(p).map(Some);
+        return sha(p).map(Some);
     }
     if !p.is_dir() {
         return Ok(None);
@@ -147,7 +200,7 @@ pub fn model_sha256(lm: &LoadedModel) -> Result<Option<String>> {
             .file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default();
-        h.update(format!("{name} {}\n", crate::util::file_sha256(f)?));
+        h.update(format!("{name} {}\n", sha(f)?));
     }
     Ok(Some(format!("{:x}", h.finalize())))
 }
@@ -164,6 +217,14 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     };
     lm.model.set_train_weights(opts.train_weights);
     Ok(lm)
+}
+
+/// The adapters named in `opts`, read and checked.
+fn adapters(opts: &LoadOptions) -> Result<Vec<lora::LoraAdapter>> {
+    opts.lora
+        .iter()
+        .map(|p| lora::LoraAdapter::open(p))
+        .collect()
 }
 
 fn load_gguf(path: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -224,13 +285,16 @@ fn load_gguf(path: &Path, spec: &str, opts: &LoadOptions) -> Result<LoadedModel>
         file: g,
         rope_permuted,
         sandwich: cfg.sandwich_norms,
-    };
+    }
+    .with_lora(adapters(opts)?);
     let model = Model::build(cfg, &mut src, info, &opts.device, dtype)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         chat_template,
         path: path.to_path_buf(),
+        lora: src.finish_lora()?,
+        sha256: Default::default(),
     })
 }
 
@@ -358,12 +422,14 @@ fn load_hf_folder(folder: &Path, spec: &str, opts: &LoadOptions) -> Result<Loade
         dtype: format!("{dtype:?}").to_lowercase(),
         config: cfg.clone(),
     };
-    let mut src = WeightSource::safetensors(files)?;
+    let mut src = WeightSource::safetensors(files)?.with_lora(adapters(opts)?);
     let model = Model::build(cfg, &mut src, info, &opts.device, dtype)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         chat_template,
         path: folder.to_path_buf(),
+        lora: src.finish_lora()?,
+        sha256: Default::default(),
     })
 }

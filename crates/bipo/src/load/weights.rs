@@ -9,6 +9,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::gguf::{unpermute_rope_rows, GgufFile};
+use super::lora::{LoraAdapter, Merger};
 use crate::error::{Error, Result};
 use crate::kernels::quant::QBlocks;
 use crate::models::layers::Weight;
@@ -67,6 +68,11 @@ pub enum WeightSource {
     },
     /// Weights built in code (tests, random models).
     Memory(std::collections::HashMap<String, Weight>),
+    /// Another source with LoRA adapters merged into the weights they change.
+    Lora {
+        base: Box<WeightSource>,
+        merger: Merger,
+    },
 }
 
 impl WeightSource {
@@ -83,9 +89,45 @@ impl WeightSource {
         Ok(Self::Safetensors { tensors, files })
     }
 
+    /// This source with `adapters` merged into the weights they change (none: unchanged).
+    pub fn with_lora(self, adapters: Vec<LoraAdapter>) -> Self {
+        if adapters.is_empty() {
+            return self;
+        }
+        Self::Lora {
+            base: Box::new(self),
+            merger: Merger {
+                adapters,
+                used: Default::default(),
+            },
+        }
+    }
+
+    /// Errors if a LoRA adapter changes a weight the model did not load (run after
+    /// building the model); the adapters' identities otherwise.
+    pub fn finish_lora(self) -> Result<Vec<LoraRecord>> {
+        match self {
+            Self::Lora { merger, .. } => {
+                merger.check_all_used()?;
+                Ok(merger
+                    .adapters
+                    .iter()
+                    .map(|a| LoraRecord {
+                        path: a.path.clone(),
+                        sha256: a.sha256.clone(),
+                    })
+                    .collect())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Whether the weights come from a GGUF file (llama.cpp's conventions).
     pub fn is_gguf(&self) -> bool {
-        matches!(self, Self::Gguf { .. })
+        match self {
+            Self::Lora { base, .. } => base.is_gguf(),
+            s => matches!(s, Self::Gguf { .. }),
+        }
     }
 
     fn describe(&self) -> PathBuf {
@@ -93,6 +135,7 @@ impl WeightSource {
             Self::Gguf { file, .. } => file.path().to_path_buf(),
             Self::Safetensors { files, .. } => files.first().cloned().unwrap_or_default(),
             Self::Memory(_) => PathBuf::from("<memory>"),
+            Self::Lora { base, .. } => base.describe(),
         }
     }
 
@@ -132,6 +175,15 @@ impl WeightSource {
                 }))
             }
             Self::Memory(map) => Ok(map.get(hf_name).cloned()),
+            Self::Lora { base, merger } => {
+                let Some(w) = base.get(hf_name, device)? else {
+                    return Ok(None);
+                };
+                // Merged in f32 and left f32: the model converts dense weights to its
+                // compute dtype, as PEFT's merge works in the weight's precision.
+                let merged = merger.merge(hf_name, || w.to_dense(device, DType::F32), device)?;
+                Ok(Some(merged.map_or(w, Weight::Dense)))
+            }
             Self::Safetensors { tensors, files } => {
                 if tensors.get(hf_name).is_err() {
                     return Ok(None);
@@ -174,6 +226,13 @@ impl WeightSource {
         self.require(hf_name, shape, device)?
             .to_dense(device, dtype)
     }
+}
+
+/// A LoRA adapter merged into a loaded model: where it came from and its sha256.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraRecord {
+    pub path: PathBuf,
+    pub sha256: String,
 }
 
 /// Size of the little-endian u64 that starts a safetensors file.

@@ -128,9 +128,9 @@ pub fn run(
     let train = prepare(job.train, "train")?;
     let test = job.test.map(|(d, _)| prepare(d, "test")).transpose()?;
     let model = match &record.model.sha256 {
-        Some(sha) => format!("{} sha256:{sha}", lm.model.info.source),
-        None => lm.model.info.source.clone(),
-    };
+        Some(sha) => format!("{} sha256:{sha}", lm.describe()),
+        None => lm.describe(),
+    }; // = lm.identity(), without hashing the model a second time
     let meta = VectorMeta {
         name: job.name.clone(),
         model: Some(model),

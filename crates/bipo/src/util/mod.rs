@@ -1,6 +1,7 @@
 //! Small helpers shared across modules.
 
 pub mod fs;
+pub mod hash_cache;
 pub mod layers;
 pub mod redact;
 
