@@ -238,3 +238,77 @@ fn the_prompting_rows_equal_runs_under_each_instruction() {
     );
     assert!(e.unwrap_err().to_string().contains("must include -1"));
 }
+
+/// Multiple choice (MC1/MC2) against the held-out pairs path: for one question with
+/// one true and two false answers (an odd count, so the packing repeats one), MC1 is
+/// "both margins positive" and MC2 = 1 / (1 + e^-m1 + e^-m2), with m1, m2 the margins
+/// `bipo eval` reports for the pairs (true, false_1) and (true, false_2).
+#[test]
+fn multiple_choice_scores_agree_with_pair_margins() {
+    let lm = load(
+        common::default_model().to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let happy =
+        bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (q, t, f1, f2) = (
+        "How do you feel about rainy days?",
+        "I love them, they are cosy.",
+        "I hate them.",
+        "They make me sad and tired.",
+    );
+    let mc = dir.path().join("mc.jsonl");
+    std::fs::write(
+        &mc,
+        serde_json::json!({"question": q, "correct": [t], "incorrect": [f1, f2]}).to_string()
+            + "\n",
+    )
+    .unwrap();
+    let run = |file: &std::path::Path| {
+        let cfg = EvalConfig {
+            data: vec![file.to_path_buf()],
+            multipliers: vec![-4.0, 0.0, 4.0],
+            damage: false,
+            open_ended: 0,
+            ..Default::default()
+        };
+        pipeline::run(
+            &lm,
+            std::slice::from_ref(&happy),
+            &cfg,
+            Vec::new(),
+            |_, _, _| Ok(()),
+        )
+        .unwrap()
+        .report
+        .vectors
+        .remove(0)
+    };
+    let margin = |f: &str, name: &str| {
+        let p = dir.path().join(name);
+        let mut w = csv::Writer::from_path(&p).unwrap();
+        w.write_record(["question", "matching", "not_matching"])
+            .unwrap();
+        w.write_record([q, t, f]).unwrap();
+        w.flush().unwrap();
+        run(&p).pref_margin
+    };
+    let (m1, m2) = (margin(f1, "p1.csv"), margin(f2, "p2.csv"));
+    let r = run(&mc);
+    assert_eq!(r.mc1.len(), 3);
+    for k in 0..3 {
+        let (a, b) = (m1[k].value, m2[k].value);
+        let mc1 = if a > 0.0 && b > 0.0 { 1.0 } else { 0.0 };
+        let mc2 = 1.0 / (1.0 + (-a).exp() + (-b).exp());
+        assert_eq!(r.mc1[k].value, mc1, "multiplier {}", r.mc1[k].multiplier);
+        assert!(
+            (r.mc2[k].value - mc2).abs() < 1e-4,
+            "{} vs {mc2}",
+            r.mc2[k].value
+        );
+    }
+    assert!(r.mc2[0].value != r.mc2[2].value, "the vector moves MC2");
+    assert!(r.steerability_mc.is_some());
+}

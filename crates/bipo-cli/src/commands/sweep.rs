@@ -153,6 +153,7 @@ pub fn run(a: Args) -> Result<()> {
     let data = EvalData {
         ab: items.as_deref(),
         pairs: pairs.as_deref(),
+        mc: None,
         neutral: &[],
     };
     // Settings and data of the optional BiPO runs, read once for every layer.

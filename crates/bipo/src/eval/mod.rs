@@ -10,6 +10,7 @@ pub mod ab;
 pub mod damage;
 pub mod judge;
 pub mod matching;
+pub mod mc;
 pub mod open_ended;
 pub mod pipeline;
 pub mod plot;
@@ -98,8 +99,18 @@ pub struct VectorReport {
     pub pref_margin_per_token: Vec<Point>,
     /// Fraction of pairs whose margin is positive, per multiplier.
     pub pref_accuracy: Vec<Point>,
+    /// Multiple choice ([`mc`]): share of questions whose best true answer is the most
+    /// likely among it and the false ones (TruthfulQA's MC1), per multiplier.
+    #[serde(default)]
+    pub mc1: Vec<Point>,
+    /// Multiple choice: mean probability mass of the true answers (MC2), per multiplier.
+    #[serde(default)]
+    pub mc2: Vec<Point>,
     pub steerability_ab: Option<Steerability>,
     pub steerability_pref: Option<Steerability>,
+    /// Per-question slopes of MC2.
+    #[serde(default)]
+    pub steerability_mc: Option<Steerability>,
     /// Mean KL(unsteered || steered) per token on neutral text, per multiplier.
     pub kl: Vec<Point>,
     pub perplexity: Vec<Point>,
@@ -114,6 +125,8 @@ pub struct VectorReport {
 pub struct EvalData<'a> {
     pub ab: Option<&'a [ab::AbItem]>,
     pub pairs: Option<&'a [PreferencePair]>,
+    /// Multiple-choice questions (MC1/MC2).
+    pub mc: Option<&'a [mc::McItem]>,
     /// Neutral paragraphs for the damage check (empty: skipped).
     pub neutral: &'a [String],
 }
@@ -194,8 +207,13 @@ pub fn evaluate(
         .pairs
         .map(|p| activations::tokenize(p, &lm.tokenizer, template, sys))
         .transpose()?;
+    let mc_ex = data
+        .mc
+        .map(|items| mc::examples(items, &lm.tokenizer, template, sys))
+        .transpose()?;
     // One prepared set per (data, first layer), shared by vectors starting there.
     let mut prepared: HashMap<(bool, usize), Prepared> = HashMap::new();
+    let mut mc_prepared: HashMap<usize, Prepared> = HashMap::new();
     let mut damage_sets: HashMap<usize, damage::DamageSet> = HashMap::new();
     let mut reports = Vec::new();
     for (vi, v) in vectors.iter().enumerate() {
@@ -296,6 +314,41 @@ pub fn evaluate(
                 "log-prob margin (matching - opposite)"
             };
             *st = Some(steerability(metric, &opts.multipliers, &per_m));
+        }
+        if let (Some(items), Some((ex, layout))) = (data.mc, &mc_ex) {
+            let p = match mc_prepared.entry(layer) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert({
+                    let stage = format!("multiple choice: caching blocks 0..={layer}");
+                    let mut p = prepare(lm, layer, ex.clone(), &stage, &mut progress)?;
+                    p.set_positions(opts.positions);
+                    p
+                }),
+            };
+            let mut per_m: Vec<Vec<f64>> = Vec::new();
+            for (k, (mult, s)) in opts.multipliers.iter().zip(&settings).enumerate() {
+                let stage = format!(
+                    "multiple choice: {} ({}/{})",
+                    v.meta.name,
+                    vi + 1,
+                    vectors.len()
+                );
+                progress(&stage, k, settings.len())?;
+                let sc = mc::scores(items, layout, &p.response_logps(s, opts.batch)?);
+                let n = sc.len() as f64;
+                let at = |value| Point {
+                    multiplier: *mult,
+                    value,
+                };
+                r.mc1.push(at(sc.iter().map(|x| x.0).sum::<f64>() / n));
+                r.mc2.push(at(sc.iter().map(|x| x.1).sum::<f64>() / n));
+                per_m.push(sc.iter().map(|x| x.1).collect());
+            }
+            r.steerability_mc = Some(steerability(
+                "MC2 (true answers' probability mass)",
+                &opts.multipliers,
+                &per_m,
+            ));
         }
         if !data.neutral.is_empty() {
             progress(&format!("damage: {}", v.meta.name), 0, 1)?;

@@ -12,6 +12,7 @@ use super::ab::{self, AbItem};
 use super::damage;
 use super::judge::{Judge, JudgeConfig};
 use super::matching::{self, Match};
+use super::mc;
 use super::open_ended::{self, Answer, Question};
 use super::prompting::{self, PromptBaseline};
 use super::report::{DataFile, Report};
@@ -267,9 +268,15 @@ pub fn run(
     let template = template_of(lm, cfg.template.as_deref())?;
     let cut = |n: usize| cfg.limit.map_or(n, |l| l.min(n));
     let (mut ab_items, mut pairs): (Option<Vec<AbItem>>, Option<Vec<_>>) = (None, None);
+    let mut mc_items: Option<Vec<mc::McItem>> = None;
     let mut files = Vec::new();
     for p in &cfg.data {
-        if ab::is_ab_file(p) {
+        if mc::is_mc_file(p) {
+            let mut items = mc::load_mc(p)?;
+            items.truncate(cut(items.len()));
+            files.push(data_file(p, "multiple choice", items.len())?);
+            mc_items.get_or_insert_with(Vec::new).extend(items);
+        } else if ab::is_ab_file(p) {
             let mut items = ab::load_ab(p)?;
             items.truncate(cut(items.len()));
             files.push(data_file(p, "ab", items.len())?);
@@ -311,6 +318,7 @@ pub fn run(
     let data = EvalData {
         ab: ab_items.as_deref(),
         pairs: pairs.as_deref(),
+        mc: mc_items.as_deref(),
         neutral: if cfg.damage { &neutral } else { &[] },
     };
     let mut reports = super::evaluate(lm, &template, vectors, &data, &opts, &mut progress)?;
@@ -336,10 +344,11 @@ pub fn run(
         reports.push(r);
         if cfg.prompted {
             for d in [1.0, -1.0] {
-                let (ab, pairs, _) = pb.data(d, data.ab, data.pairs, &[]);
+                let (ab, pairs, mc) = pb.data(d, data.ab, data.pairs, data.mc);
                 let one = EvalData {
                     ab: ab.as_deref(),
                     pairs: pairs.as_deref(),
+                    mc: mc.as_deref(),
                     neutral: &[],
                 };
                 let o = EvalOptions {
@@ -461,7 +470,7 @@ fn open_ended(
             }
         }
         for (d, vs, ms, suffix) in runs {
-            let (_, _, qs) = pb.data(d, None, None, questions);
+            let qs = pb.questions(d, questions);
             let stage = format!(
                 "open-ended answers, {}",
                 if d == 0.0 {

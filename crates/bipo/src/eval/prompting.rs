@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ab::AbItem;
+use super::mc::McItem;
 use super::open_ended::Question;
 use super::{EvalData, EvalOptions, Point, VectorReport};
 use crate::data::PreferencePair;
@@ -62,9 +63,11 @@ impl PromptBaseline {
         let text = crate::util::read_text(path)?;
         let p: Self = toml::from_str(&text).map_err(|e| {
             let msg = e.message().to_string();
+            // A span over the whole document (unknown or missing fields) has no line.
             let line = e
                 .span()
-                .map(|s| text[..s.start].lines().count().max(1))
+                .filter(|s| s.start > 0 || s.end < text.trim_end().len())
+                .map(|s| text[..s.start].matches('\n').count() + 1)
                 .map_or(String::new(), |l| format!("line {l}: "));
             Error::bad_file(path, format!("{line}{msg}"))
         })?;
@@ -107,18 +110,19 @@ impl PromptBaseline {
         }
     }
 
-    /// A/B items, pairs and open-ended questions under `direction` (copies; unchanged
-    /// in system mode).
+    /// A/B items, pairs and multiple-choice questions under `direction` (copies;
+    /// unchanged in system mode).
+    #[allow(clippy::type_complexity)]
     pub fn data(
         &self,
         direction: f32,
         ab: Option<&[AbItem]>,
         pairs: Option<&[PreferencePair]>,
-        questions: &[Question],
+        mc: Option<&[McItem]>,
     ) -> (
         Option<Vec<AbItem>>,
         Option<Vec<PreferencePair>>,
-        Vec<Question>,
+        Option<Vec<McItem>>,
     ) {
         let ab = ab.map(|items| {
             items
@@ -137,14 +141,27 @@ impl PromptBaseline {
                 })
                 .collect()
         });
-        let questions = questions
+        let mc = mc.map(|items| {
+            items
+                .iter()
+                .map(|it| McItem {
+                    question: self.question(direction, &it.question),
+                    ..it.clone()
+                })
+                .collect()
+        });
+        (ab, pairs, mc)
+    }
+
+    /// Open-ended questions under `direction`.
+    pub fn questions(&self, direction: f32, questions: &[Question]) -> Vec<Question> {
+        questions
             .iter()
             .map(|q| Question {
                 question: self.question(direction, &q.question),
                 ..q.clone()
             })
-            .collect();
-        (ab, pairs, questions)
+            .collect()
     }
 
     /// Short label of a direction for report rows: `prompt+` / `prompt-`.
@@ -198,10 +215,11 @@ pub fn evaluate(
         ..Default::default()
     };
     for d in DIRECTIONS {
-        let (ab, pairs, _) = prompts.data(d, data.ab, data.pairs, &[]);
+        let (ab, pairs, mc) = prompts.data(d, data.ab, data.pairs, data.mc);
         let one = EvalData {
             ab: ab.as_deref(),
             pairs: pairs.as_deref(),
+            mc: mc.as_deref(),
             neutral: &[],
         };
         let o = EvalOptions {
@@ -239,6 +257,8 @@ pub fn evaluate(
         out.pref_margin_per_token
             .extend(at(&r.pref_margin_per_token));
         out.pref_accuracy.extend(at(&r.pref_accuracy));
+        out.mc1.extend(at(&r.mc1));
+        out.mc2.extend(at(&r.mc2));
     }
     Ok(out)
 }
@@ -268,7 +288,7 @@ mod tests {
             matching: "m".into(),
             not_matching: "o".into(),
         }];
-        let (_, ps, _) = p.data(-1.0, None, Some(&pairs), &[]);
+        let (_, ps, _) = p.data(-1.0, None, Some(&pairs), None);
         assert_eq!(ps.unwrap()[0].question, "Avoid power.\n\nQ?");
     }
 

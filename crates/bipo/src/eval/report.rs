@@ -79,6 +79,18 @@ const METRICS: &[Metric] = &[
         |r| &r.pref_accuracy,
     ),
     (
+        "mc1",
+        "Multiple choice: MC1 (best true answer most likely)",
+        "fraction of questions",
+        |r| &r.mc1,
+    ),
+    (
+        "mc2",
+        "Multiple choice: MC2 (probability mass of true answers)",
+        "mean mass",
+        |r| &r.mc2,
+    ),
+    (
         "kl",
         "Damage: KL(unsteered || steered) on neutral text",
         "nats per token",
@@ -205,18 +217,25 @@ impl Report {
         let st: Vec<_> = self
             .vectors
             .iter()
-            .flat_map(|v| [(v, &v.steerability_ab), (v, &v.steerability_pref)])
+            .flat_map(|v| {
+                [
+                    (v, &v.steerability_ab),
+                    (v, &v.steerability_pref),
+                    (v, &v.steerability_mc),
+                ]
+            })
             .filter_map(|(v, s)| s.as_ref().map(|s| (v, s)))
             .collect();
         if !st.is_empty() {
             let _ = write!(
                 s,
                 "\n## Per-sample steerability (slope of each sample's metric vs multiplier)\n\n\
-                 {} {}\n\n\
+                 {} {} {}\n\n\
                  | vector | metric | mean | std | p10 | median | p90 | anti-steerable |\n\
                  |---|---|---|---|---|---|---|---|\n",
                 img("steerability_pref"),
-                img("steerability_ab")
+                img("steerability_ab"),
+                img("steerability_mc")
             );
             for (v, x) in st {
                 let q = |i: usize| x.quantiles.get(i).copied().map_or("-".into(), fmt);
@@ -293,10 +312,13 @@ impl Report {
         let mut charts = self.metric_charts();
         charts.extend(self.tradeoff_charts());
         type Get = fn(&VectorReport) -> Option<&Steerability>;
-        let kinds: [(&str, &str, Get); 2] = [
+        let kinds: [(&str, &str, Get); 3] = [
             ("steerability_ab", "A/B", |v| v.steerability_ab.as_ref()),
             ("steerability_pref", "held-out pairs", |v| {
                 v.steerability_pref.as_ref()
+            }),
+            ("steerability_mc", "multiple choice (MC2)", |v| {
+                v.steerability_mc.as_ref()
             }),
         ];
         for (stem, what, get) in kinds {
@@ -341,7 +363,7 @@ impl Report {
     /// Effect against damage: per vector, (KL, effect) at each multiplier.
     fn tradeoff_charts(&self) -> Vec<(&'static str, LineChart)> {
         type Get = fn(&VectorReport) -> &Vec<Point>;
-        let effects: [(&str, &str, &str, Get); 3] = [
+        let effects: [(&str, &str, &str, Get); 4] = [
             (
                 "ab_probability_vs_kl",
                 "A/B p(matching)",
@@ -360,6 +382,7 @@ impl Report {
                 "per-token margin",
                 |r| &r.pref_margin_per_token,
             ),
+            ("mc2_vs_kl", "MC2", "MC2", |r| &r.mc2),
         ];
         let mut out = Vec::new();
         for (stem, what, y, get) in effects {
