@@ -55,17 +55,8 @@ fn autograd_gradient_matches_central_finite_differences() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        // Central differences on a few coordinates; h balances truncation and f32 rounding.
-        let h = 1e-2f32;
-        let mut worst = 0f64;
-        for i in [0, 7, 21, 40, 63] {
-            let (mut a, mut b) = (v0.clone(), v0.clone());
-            a[i] += h;
-            b[i] -= h;
-            let fd = (loss_at(&p, &a, d) - loss_at(&p, &b, d)) / (2.0 * h as f64);
-            let scale = grad.iter().map(|g| g.abs() as f64).fold(0.0, f64::max);
-            worst = worst.max((fd - grad[i] as f64).abs() / scale);
-        }
+        let coords = [0, 7, 21, 40, 63];
+        let worst = common::fd_relative_error(&v0, &grad, &coords, |v| loss_at(&p, v, d));
         // Tolerance: 2% of the largest gradient component (f32 loss, h = 1e-2).
         assert!(
             worst < 2e-2,
@@ -312,15 +303,8 @@ fn a_two_layer_vector_trains_through_the_cache_like_the_full_forward() {
     for half in [&gc[..h], &gc[h..]] {
         assert!(half.iter().any(|g| g.abs() > 1e-6 * scale));
     }
-    let step = 1e-2f32;
-    let mut worst = 0f64;
-    for i in [3, 40, h + 5, h + 50] {
-        let (mut a, mut b) = (v0.clone(), v0.clone());
-        a[i] += step;
-        b[i] -= step;
-        let fd = (run(false, &a).0 - run(false, &b).0) / (2.0 * step as f64);
-        worst = worst.max((fd - gc[i] as f64).abs() / scale as f64);
-    }
+    let coords = [3, 40, h + 5, h + 50];
+    let worst = common::fd_relative_error(&v0, &gc, &coords, |v| run(false, v).0);
     assert!(
         worst < 2e-2,
         "finite differences differ by {worst} of the scale"

@@ -33,6 +33,30 @@ pub fn reference(name: &str) -> PathBuf {
     p
 }
 
+/// Central differences against an autograd gradient: the largest |fd_i - grad_i| over
+/// `coords`, relative to the gradient's largest component. `loss(v)` is the scalar loss
+/// at `v`; `grad` the autograd gradient at `v0`. The step h = 1e-2 balances truncation
+/// against f32 rounding of the loss.
+pub fn fd_relative_error(
+    v0: &[f32],
+    grad: &[f32],
+    coords: &[usize],
+    loss: impl Fn(&[f32]) -> f64,
+) -> f64 {
+    let h = 1e-2f32;
+    let scale = grad.iter().map(|g| g.abs() as f64).fold(0.0, f64::max);
+    coords
+        .iter()
+        .map(|&i| {
+            let (mut a, mut b) = (v0.to_vec(), v0.to_vec());
+            a[i] += h;
+            b[i] -= h;
+            let fd = (loss(&a) - loss(&b)) / (2.0 * h as f64);
+            (fd - grad[i] as f64).abs() / scale
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Largest |a - b| over two equally shaped matrices.
 pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     a.iter()

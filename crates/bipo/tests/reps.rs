@@ -2,6 +2,8 @@
 //! against central differences, the factor draws, and a training run through the same
 //! trainer as BiPO (exact resume included).
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use bipo::activations::{Example, Prepared};
@@ -91,16 +93,9 @@ fn autograd_gradient_matches_central_finite_differences() {
             .unwrap();
         let scale = grad.iter().map(|g| g.abs() as f64).fold(0.0, f64::max);
         assert!(scale > 1e-4, "no gradient at the test point");
-        let h = 1e-2f32;
-        let mut worst = 0f64;
-        for i in [0, 7, 21, 40, 63] {
-            let (mut x, mut y) = (v0.clone(), v0.clone());
-            x[i] += h;
-            y[i] -= h;
-            let fd = (loss_at(obj.as_ref(), &p, &x, a) - loss_at(obj.as_ref(), &p, &y, a))
-                / (2.0 * h as f64);
-            worst = worst.max((fd - grad[i] as f64).abs() / scale);
-        }
+        let worst = common::fd_relative_error(&v0, &grad, &[0, 7, 21, 40, 63], |v| {
+            loss_at(obj.as_ref(), &p, v, a)
+        });
         assert!(
             worst < 2e-2,
             "factor {a}: finite differences differ by {worst} of the gradient scale"
