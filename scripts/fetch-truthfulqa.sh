@@ -18,7 +18,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/out/data/truthfulqa"
 SDIST_SHA=1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2
 QUESTIONS_SHA=e4f3f864512c0d72f873fb8d3df6aa27bf62c118f7b61150166f270f6b00e4f6
-[ -f "$DEST/test_mc.jsonl" ] && { echo "$DEST (present)"; exit 0; }
+[ -f "$DEST/test_mc.jsonl" ] && { echo "$DEST"; exit 0; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --no-deps --no-binary :all: bigbench==1.0.0 -d "$tmp" >&2
