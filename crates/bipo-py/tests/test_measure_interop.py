@@ -79,6 +79,24 @@ def test_evaluate_matches_vectors_in_norm(tmp_path, model, happy):
     assert abs(a["pref_margin"][1]["value"] - b["pref_margin"][1]["value"]) < 1e-3
 
 
+def test_evaluate_with_the_prompting_baseline_equals_bipo_eval(tmp_path, model, happy):
+    test = _csv(tmp_path, "test.csv", "test.csv", 2)
+    prompts = {"positive": "Be cheerful.", "negative": "Be gloomy."}
+    (tmp_path / "p.toml").write_text('positive = "Be cheerful."\nnegative = "Be gloomy."\n')
+    cli_out = tmp_path / "cli"
+    subprocess.run([BIN, "-q", "eval", "-m", str(MODEL), "-v", f"{HAPPY}:happy", "--data", str(test),
+                    "--multipliers=-1,0,1", "--open-ended", "0", "--no-damage", "--prompts",
+                    str(tmp_path / "p.toml"), "--prompted", "-o", str(cli_out)], check=True, capture_output=True)
+    ref = json.loads((cli_out / "report.json").read_text())
+    happy.meta["name"] = "happy"
+    r = bipo.evaluate(model, happy, test, [-1, 0, 1], open_ended=0, damage=False, prompts=prompts,
+                      prompted=True, progress=False)
+    assert [v["name"] for v in r["vectors"]] == ["happy", "prompting", "happy (prompt+)", "happy (prompt-)"]
+    assert [v["pref_margin"] for v in r["vectors"]] == [v["pref_margin"] for v in ref["vectors"]]
+    with pytest.raises(bipo.BipoError, match="must include"):
+        bipo.evaluate(model, happy, test, [0, 2], prompts=prompts, progress=False)
+
+
 def test_evaluate_errors(tmp_path, model, happy):
     test = _csv(tmp_path, "test.csv", "test.csv", 2)
     with pytest.raises(bipo.BipoError, match="multiplier inf"):

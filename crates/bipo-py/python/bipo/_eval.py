@@ -63,7 +63,8 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
              batch: Optional[int] = None,
              limit: Optional[int] = None, system: Optional[str] = None, template: Optional[str] = None,
              judge_url: Optional[str] = None, judge_model: str = "gpt-4o-mini", judge_key: Optional[str] = None,
-             behaviour: str = "the target behaviour", title: str = "bipo eval", progress=None) -> Report:
+             behaviour: str = "the target behaviour", title: str = "bipo eval",
+             prompts: Optional[Dict[str, str]] = None, prompted: bool = False, progress=None) -> Report:
     """Measures steering vectors as ``bipo eval`` does and returns the :class:`Report`.
 
     ``vectors``: a SteeringVector or a list of them (told apart by ``meta["name"]``).
@@ -77,7 +78,12 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
     when given (an OpenAI-compatible server, e.g. ``bipo serve``). With ``out`` the
     report, plots and answers are also written there. ``progress(dict)`` gets stage,
     done and total (default: a tqdm bar when tqdm is installed; False: none). Ctrl-C
-    stops the evaluation and raises KeyboardInterrupt.
+    stops the evaluation and raises KeyboardInterrupt. ``data`` may also hold
+    multiple-choice JSONL files (``{"question", "correct", "incorrect"}`` per line:
+    TruthfulQA's MC1/MC2). ``prompts={"positive": ..., "negative": ..., "mode":
+    "system"|"prefix"}`` adds the prompting baseline (row ``prompting`` at -1/0/+1; the
+    multipliers must include them) and ``prompted=True`` every vector on top of each
+    instruction.
     """
     from . import SteeringVector
 
@@ -106,6 +112,9 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
                 raise BipoError(f"invalid multiplier {m}: must be finite")
     if batch is not None:
         cfg["batch"] = int(batch)
+    if prompts is not None:
+        cfg["prompts"] = dict(prompts)
+    cfg["prompted"] = bool(prompted)
     if judge_url is not None:
         cfg["judge"] = {"url": judge_url, "model": judge_model, "behaviour": behaviour}
     raw = [(v._raw(), json.dumps(v.meta)) for v in vs]
