@@ -101,8 +101,8 @@ pub fn run(a: Args) -> Result<()> {
         paths.push(path);
     }
     let lm = a.model.load()?;
-    for ((_, v), path) in vectors.iter().zip(&paths) {
-        crate::args::check_vector(v, path, &lm)?;
+    for ((name, v), path) in vectors.iter().zip(&paths) {
+        crate::args::check_vector(v, path, &lm).with_context(|| format!("vector `{name}`"))?;
     }
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         lm.path
