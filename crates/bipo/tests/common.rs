@@ -33,6 +33,25 @@ pub fn reference(name: &str) -> PathBuf {
     p
 }
 
+/// (positions, vocabulary) logits of one forward over `input` from position 0.
+pub fn logits(
+    m: &bipo::models::Model,
+    input: &[u32],
+    steering: &bipo::steer::Steering,
+    mode: bipo::models::Mode,
+) -> Vec<Vec<f32>> {
+    let ids = candle_core::Tensor::new(input, &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&ids, 0, None, steering, None, mode)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
 /// Central differences against an autograd gradient: the largest |fd_i - grad_i| over
 /// `coords`, relative to the gradient's largest component. `loss(v)` is the scalar loss
 /// at `v`; `grad` the autograd gradient at `v0`. The step h = 1e-2 balances truncation
@@ -59,6 +78,7 @@ pub fn fd_relative_error(
 
 /// Largest |a - b| over two equally shaped matrices.
 pub fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different numbers of rows");
     a.iter()
         .flatten()
         .zip(b.iter().flatten())

@@ -6,7 +6,7 @@
 mod common;
 
 use bipo::eval::pipeline::{self, EvalConfig};
-use bipo::load::{load, LoadOptions};
+use bipo::load::{load, LoadOptions, LoadedModel};
 use bipo::{Error, SteeringVector};
 
 fn test_pairs(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
@@ -17,8 +17,8 @@ fn test_pairs(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_returns() {
+/// The default model and llama.cpp's "happy" control vector for it.
+fn model_and_happy() -> (LoadedModel, SteeringVector) {
     let lm = load(
         common::default_model().to_str().unwrap(),
         &LoadOptions::default(),
@@ -26,6 +26,12 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
     .unwrap();
     let happy =
         bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    (lm, happy)
+}
+
+#[test]
+fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_returns() {
+    let (lm, happy) = model_and_happy();
     let dir = tempfile::tempdir().unwrap();
     let data = test_pairs(dir.path(), 3);
     let json = format!(
@@ -131,13 +137,7 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
 #[test]
 fn the_prompting_rows_equal_runs_under_each_instruction() {
     use bipo::eval::prompting::{PromptBaseline, PromptMode};
-    let lm = load(
-        common::default_model().to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let happy =
-        bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    let (lm, happy) = model_and_happy();
     let dir = tempfile::tempdir().unwrap();
     let prompts = PromptBaseline {
         positive: "You are cheerful and hopeful.".into(),
@@ -245,13 +245,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction() {
 /// `bipo eval` reports for the pairs (true, false_1) and (true, false_2).
 #[test]
 fn multiple_choice_scores_agree_with_pair_margins() {
-    let lm = load(
-        common::default_model().to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let happy =
-        bipo::io::read_vector(&common::root().join("assets/happy-control-vector.gguf")).unwrap();
+    let (lm, happy) = model_and_happy();
     let dir = tempfile::tempdir().unwrap();
     let (q, t, f1, f2) = (
         "How do you feel about rainy days?",

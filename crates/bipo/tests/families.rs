@@ -5,12 +5,14 @@
 //! and the differentiable path, loading the Hugging Face folder and (where present)
 //! the GGUF file llama.cpp's own converter made from it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bipo::models::{Mode, Model};
 use bipo::steer::Steering;
 use bipo::{SteeringVector, VectorMeta};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 
 const FAMILIES: &[&str] = &[
     "llama",
@@ -65,27 +67,6 @@ fn reference(family: &str) -> Reference {
     }
 }
 
-fn logits(m: &Model, input: &[u32], steering: &Steering, mode: Mode) -> Vec<Vec<f32>> {
-    let ids = Tensor::new(input, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    m.forward(&ids, 0, None, steering, None, mode)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
-}
-
 /// (fast, differentiable, steered fast, steered differentiable) max |Δ logit| over the
 /// first `rows` positions.
 fn deviations(model_path: &Path, r: &Reference, rows: usize) -> [f32; 4] {
@@ -94,13 +75,17 @@ fn deviations(model_path: &Path, r: &Reference, rows: usize) -> [f32; 4] {
     let steer = Steering::from_vectors(&[(v, 1.0)], &Device::Cpu, candle_core::DType::F32).unwrap();
     let none = Steering::none();
     let m = &lm.model;
-    let cmp = |got: Vec<Vec<f32>>, want: &[Vec<f32>]| max_diff(&got[..rows], &want[..rows]);
+    let cmp =
+        |got: Vec<Vec<f32>>, want: &[Vec<f32>]| common::max_abs_diff(&got[..rows], &want[..rows]);
     [
-        cmp(logits(m, &r.input, &none, Mode::Fast), &r.logits),
-        cmp(logits(m, &r.input, &none, Mode::Differentiable), &r.logits),
-        cmp(logits(m, &r.input, &steer, Mode::Fast), &r.steered),
+        cmp(common::logits(m, &r.input, &none, Mode::Fast), &r.logits),
         cmp(
-            logits(m, &r.input, &steer, Mode::Differentiable),
+            common::logits(m, &r.input, &none, Mode::Differentiable),
+            &r.logits,
+        ),
+        cmp(common::logits(m, &r.input, &steer, Mode::Fast), &r.steered),
+        cmp(
+            common::logits(m, &r.input, &steer, Mode::Differentiable),
             &r.steered,
         ),
     ]
@@ -115,7 +100,7 @@ fn every_family_matches_transformers_unsteered_and_steered() {
         let r = reference(fam);
         // A steering vector must actually move the logits, or the steered check is empty.
         assert!(
-            max_diff(&r.logits, &r.steered) > 0.05,
+            common::max_abs_diff(&r.logits, &r.steered) > 0.05,
             "{fam}: the reference vector does nothing"
         );
         let mut sources = vec![("hf folder".to_string(), dir(fam), r.input.len())];
@@ -158,7 +143,7 @@ fn every_family_matches_transformers_unsteered_and_steered() {
 /// Summed log-prob of `resp` after `prompt` from one full forward with `steering`.
 fn full_logp(m: &Model, prompt: &[u32], resp: &[u32], steering: &Steering) -> f32 {
     let ids: Vec<u32> = prompt.iter().chain(resp).copied().collect();
-    let lg = logits(m, &ids, steering, Mode::Fast);
+    let lg = common::logits(m, &ids, steering, Mode::Fast);
     resp.iter()
         .enumerate()
         .map(|(k, &tok)| {

@@ -5,12 +5,13 @@
 //! stored permuted: the merge must land in Hugging Face order). Bad adapters are refused
 //! by name, and the model's identity (sha256, vector metadata) includes the adapters.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bipo::load::{load, LoadOptions, LoadedModel};
 use bipo::models::Mode;
 use bipo::steer::Steering;
-use candle_core::{Device, Tensor};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -27,25 +28,7 @@ fn with_lora(model: &Path, adapters: &[PathBuf]) -> bipo::Result<LoadedModel> {
 }
 
 fn logits(lm: &LoadedModel, input: &[u32], mode: Mode) -> Vec<Vec<f32>> {
-    let ids = Tensor::new(input, &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    lm.model
-        .forward(&ids, 0, None, &Steering::none(), None, mode)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
-}
-
-fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
-        .fold(0.0, f32::max)
+    common::logits(&lm.model, input, &Steering::none(), mode)
 }
 
 struct Reference {
@@ -73,13 +56,13 @@ fn merged_adapters_match_peft_on_folders_and_ggufs() {
         for model in [base_dir.clone(), base_dir.join("model.gguf")] {
             let base = load(model.to_str().unwrap(), &Default::default()).unwrap();
             let lm = with_lora(&model, std::slice::from_ref(&adapter)).unwrap();
-            let changed = max_diff(&logits(&base, &r.input, Mode::Fast), &r.logits);
+            let changed = common::max_abs_diff(&logits(&base, &r.input, Mode::Fast), &r.logits);
             assert!(
                 changed > 1.0,
                 "{fam}: the adapter hardly changes the logits ({changed})"
             );
             for mode in [Mode::Fast, Mode::Differentiable] {
-                let d = max_diff(&logits(&lm, &r.input, mode), &r.logits);
+                let d = common::max_abs_diff(&logits(&lm, &r.input, mode), &r.logits);
                 println!(
                     "{fam} {} {mode:?}: max |Δ logit| vs PEFT {d:.2e}",
                     model.display()

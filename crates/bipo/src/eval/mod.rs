@@ -212,8 +212,7 @@ pub fn evaluate(
         .map(|items| mc::examples(items, &lm.tokenizer, template, sys))
         .transpose()?;
     // One prepared set per (data, first layer), shared by vectors starting there.
-    let mut prepared: HashMap<(bool, usize), Prepared> = HashMap::new();
-    let mut mc_prepared: HashMap<usize, Prepared> = HashMap::new();
+    let mut prepared: HashMap<(&str, usize), Prepared> = HashMap::new();
     let mut damage_sets: HashMap<usize, damage::DamageSet> = HashMap::new();
     let mut reports = Vec::new();
     for (vi, v) in vectors.iter().enumerate() {
@@ -232,20 +231,7 @@ pub fn evaluate(
         for (is_ab, ex) in [(true, &ab_ex), (false, &pair_ex)] {
             let Some(ex) = ex else { continue };
             let stage = if is_ab { "A/B" } else { "held-out pairs" };
-            let p = match prepared.entry((is_ab, layer)) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert({
-                    let mut p = prepare(
-                        lm,
-                        layer,
-                        ex.clone(),
-                        &format!("{stage}: caching blocks 0..={layer}"),
-                        &mut progress,
-                    )?;
-                    p.set_positions(opts.positions);
-                    p
-                }),
-            };
+            let p = prepared_for(&mut prepared, stage, lm, layer, ex, opts, &mut progress)?;
             let mut per_m: Vec<Vec<f64>> = Vec::new();
             for (k, (mult, s)) in opts.multipliers.iter().zip(&settings).enumerate() {
                 progress(
@@ -316,15 +302,8 @@ pub fn evaluate(
             *st = Some(steerability(metric, &opts.multipliers, &per_m));
         }
         if let (Some(items), Some((ex, layout))) = (data.mc, &mc_ex) {
-            let p = match mc_prepared.entry(layer) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert({
-                    let stage = format!("multiple choice: caching blocks 0..={layer}");
-                    let mut p = prepare(lm, layer, ex.clone(), &stage, &mut progress)?;
-                    p.set_positions(opts.positions);
-                    p
-                }),
-            };
+            let stage = "multiple choice";
+            let p = prepared_for(&mut prepared, stage, lm, layer, ex, opts, &mut progress)?;
             let mut per_m: Vec<Vec<f64>> = Vec::new();
             for (k, (mult, s)) in opts.multipliers.iter().zip(&settings).enumerate() {
                 let stage = format!(
@@ -375,6 +354,29 @@ pub fn evaluate(
         reports.push(r);
     }
     Ok(reports)
+}
+
+/// The prepared set of `examples` (the data called `what`) cached up to `layer`, made on
+/// first use and kept in `cache` for every later vector whose first layer is `layer`.
+fn prepared_for<'c, 'm>(
+    cache: &'c mut HashMap<(&'static str, usize), Prepared<'m>>,
+    what: &'static str,
+    lm: &'m LoadedModel,
+    layer: usize,
+    examples: &[Example],
+    opts: &EvalOptions,
+    progress: &mut impl FnMut(&str, usize, usize) -> Result<()>,
+) -> Result<&'c mut Prepared<'m>> {
+    use std::collections::hash_map::Entry;
+    match cache.entry((what, layer)) {
+        Entry::Occupied(o) => Ok(o.into_mut()),
+        Entry::Vacant(e) => {
+            let stage = format!("{what}: caching blocks 0..={layer}");
+            let mut p = prepare(lm, layer, examples.to_vec(), &stage, progress)?;
+            p.set_positions(opts.positions);
+            Ok(e.insert(p))
+        }
+    }
 }
 
 fn prepare<'m>(

@@ -328,34 +328,28 @@ pub fn run(
         }
     }
     if let Some(pb) = &cfg.prompts {
-        let no_damage = EvalData {
-            neutral: &[],
-            ..data
-        };
         let r = prompting::evaluate(
             lm,
             &template,
             pb,
             vectors.first(),
-            &no_damage,
+            &data,
             &opts,
             &mut progress,
         )?;
         reports.push(r);
         if cfg.prompted {
             for d in [1.0, -1.0] {
-                let (ab, pairs, mc) = pb.data(d, data.ab, data.pairs, data.mc);
-                let one = EvalData {
-                    ab: ab.as_deref(),
-                    pairs: pairs.as_deref(),
-                    mc: mc.as_deref(),
-                    neutral: &[],
-                };
-                let o = EvalOptions {
-                    system: pb.system(d, cfg.system.as_deref()).map(String::from),
-                    ..opts.clone()
-                };
-                let mut rs = super::evaluate(lm, &template, vectors, &one, &o, &mut progress)?;
+                let mut rs = prompting::evaluate_under(
+                    lm,
+                    &template,
+                    pb,
+                    d,
+                    vectors,
+                    &data,
+                    &opts,
+                    &mut progress,
+                )?;
                 for (i, r) in rs.iter_mut().enumerate() {
                     r.name = format!("{} ({})", r.name, PromptBaseline::label(d));
                     r.scale = (cfg.match_by != Match::None).then(|| scales[i]);

@@ -191,6 +191,36 @@ pub fn null_vector(lm: &LoadedModel, like: Option<&SteeringVector>) -> SteeringV
     )
 }
 
+/// `vectors` measured at `opts.multipliers` with the instruction for `direction` (system
+/// prompt or question prefix) on every example of `data`; no damage check (see the
+/// module doc).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_under(
+    lm: &LoadedModel,
+    template: &ChatTemplate,
+    prompts: &PromptBaseline,
+    direction: f32,
+    vectors: &[SteeringVector],
+    data: &EvalData,
+    opts: &EvalOptions,
+    progress: impl FnMut(&str, usize, usize) -> Result<()>,
+) -> Result<Vec<VectorReport>> {
+    let (ab, pairs, mc) = prompts.data(direction, data.ab, data.pairs, data.mc);
+    let under = EvalData {
+        ab: ab.as_deref(),
+        pairs: pairs.as_deref(),
+        mc: mc.as_deref(),
+        neutral: &[],
+    };
+    let o = EvalOptions {
+        system: prompts
+            .system(direction, opts.system.as_deref())
+            .map(String::from),
+        ..opts.clone()
+    };
+    super::evaluate(lm, template, vectors, &under, &o, progress)
+}
+
 /// Measures the three prompting conditions and returns them as one report (`prompting`,
 /// multipliers -1/0/+1). Damage is not measured (see the module doc).
 pub fn evaluate(
@@ -214,19 +244,11 @@ pub fn evaluate(
         )),
         ..Default::default()
     };
+    let at_zero = EvalOptions {
+        multipliers: vec![0.0],
+        ..opts.clone()
+    };
     for d in DIRECTIONS {
-        let (ab, pairs, mc) = prompts.data(d, data.ab, data.pairs, data.mc);
-        let one = EvalData {
-            ab: ab.as_deref(),
-            pairs: pairs.as_deref(),
-            mc: mc.as_deref(),
-            neutral: &[],
-        };
-        let o = EvalOptions {
-            multipliers: vec![0.0],
-            system: prompts.system(d, opts.system.as_deref()).map(String::from),
-            ..opts.clone()
-        };
         let stage = format!(
             "prompting {}",
             if d == 0.0 {
@@ -235,14 +257,10 @@ pub fn evaluate(
                 PromptBaseline::label(d)
             }
         );
-        let r = super::evaluate(
-            lm,
-            template,
-            std::slice::from_ref(&null),
-            &one,
-            &o,
-            |_, i, n| progress(&stage, i, n),
-        )?
+        let null = std::slice::from_ref(&null);
+        let r = evaluate_under(lm, template, prompts, d, null, data, &at_zero, |_, i, n| {
+            progress(&stage, i, n)
+        })?
         .pop()
         .expect("one vector, one report");
         let at = |pts: &[Point]| {

@@ -127,10 +127,8 @@ pub fn run(
     };
     let train = prepare(job.train, "train")?;
     let test = job.test.map(|(d, _)| prepare(d, "test")).transpose()?;
-    let model = match &record.model.sha256 {
-        Some(sha) => format!("{} sha256:{sha}", lm.describe()),
-        None => lm.describe(),
-    }; // = lm.identity(), without hashing the model a second time
+    // The sha256 was computed once for the record; identity() reuses it.
+    let model = lm.identity()?;
     let meta = VectorMeta {
         name: job.name.clone(),
         model: Some(model),
