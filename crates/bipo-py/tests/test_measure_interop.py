@@ -97,6 +97,26 @@ def test_evaluate_with_the_prompting_baseline_equals_bipo_eval(tmp_path, model, 
         bipo.evaluate(model, happy, test, [0, 2], prompts=prompts, progress=False)
 
 
+def test_evaluate_counts_refusals(tmp_path, model, happy):
+    test = _csv(tmp_path, "test.csv", "test.csv", 2)
+    r = bipo.evaluate(model, happy, test, [0, 1], open_ended=2, max_tokens=3, damage=False,
+                      refusal=True, progress=False)
+    table = r["open_ended"]["refusal"]["table"]
+    assert r["open_ended"]["refusal"]["strings"].startswith("GCG")
+    assert all(isinstance(a["refusal"], bool) for a in r.answers) and len(r.answers) == 4
+    for a in r.answers:
+        assert table[a["vector"]][str(int(a["multiplier"]))]["answers"] == 2
+    # Own strings (one per line, trimmed): "the".
+    (tmp_path / "r.txt").write_text(" the\n")
+    r = bipo.evaluate(model, happy, test, [0], open_ended=2, max_tokens=3, damage=False,
+                      refusal_strings=tmp_path / "r.txt", progress=False)
+    assert r["open_ended"]["refusal"]["strings"].endswith("r.txt")
+    for a in r.answers:
+        assert a["refusal"] == ("the" in a["answer"])
+    with pytest.raises(bipo.BipoError, match="open-ended"):
+        bipo.evaluate(model, happy, test, [0], open_ended=0, refusal=True, progress=False)
+
+
 def test_evaluate_errors(tmp_path, model, happy):
     test = _csv(tmp_path, "test.csv", "test.csv", 2)
     with pytest.raises(bipo.BipoError, match="multiplier inf"):

@@ -135,7 +135,7 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
 /// that system prompt), and a vector on top of a prompt at multiplier 0 equals the
 /// prompt alone.
 #[test]
-fn the_prompting_rows_equal_runs_under_each_instruction() {
+fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted() {
     use bipo::eval::prompting::{PromptBaseline, PromptMode};
     let (lm, happy) = model_and_happy();
     let dir = tempfile::tempdir().unwrap();
@@ -152,6 +152,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction() {
         max_tokens: 3,
         prompts: Some(prompts.clone()),
         prompted: true,
+        refusal: true,
         ..Default::default()
     };
     let out = pipeline::run(
@@ -194,6 +195,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction() {
             prompts: None,
             prompted: false,
             open_ended: 0,
+            refusal: false,
             ..cfg.clone()
         };
         let r = pipeline::run(
@@ -224,6 +226,43 @@ fn the_prompting_rows_equal_runs_under_each_instruction() {
     assert_eq!(prompting, [-1.0, 0.0, 1.0]);
     assert_eq!(out.answers.len(), 3 + 3 + 2 * 3);
     assert!(out.answers.iter().all(|a| &a.question == q));
+    // Refusals: every answer marked, and the table counts the marks of every row.
+    let strings = bipo::eval::refusal::RefusalStrings::default();
+    let table = &out.report.open_ended.as_ref().unwrap()["refusal"]["table"];
+    for a in &out.answers {
+        assert_eq!(a.refusal, Some(strings.refuses(&a.answer)));
+        let cell = &table[&a.vector][a.multiplier.to_string()];
+        let same = |x: &&bipo::eval::open_ended::Answer| {
+            x.vector == a.vector && x.multiplier == a.multiplier
+        };
+        let n = out.answers.iter().filter(same).count();
+        let r = out
+            .answers
+            .iter()
+            .filter(same)
+            .filter(|x| x.refusal == Some(true))
+            .count();
+        assert_eq!(
+            (cell["answers"].as_u64(), cell["refusals"].as_u64()),
+            (Some(n as u64), Some(r as u64))
+        );
+    }
+    assert_eq!(table.as_object().unwrap().len(), 4);
+    let no_answers = EvalConfig {
+        open_ended: 0,
+        ..cfg.clone()
+    };
+    let e = pipeline::run(
+        &lm,
+        std::slice::from_ref(&happy),
+        &no_answers,
+        Vec::new(),
+        |_, _, _| Ok(()),
+    );
+    assert!(e
+        .unwrap_err()
+        .to_string()
+        .contains("needs open-ended answers"));
     // The prompts must be reported at -1, 0 and +1.
     let bad = EvalConfig {
         multipliers: vec![0.0, 2.0],

@@ -79,7 +79,7 @@ pub struct EvalFlags {
     #[arg(long)]
     pub title: Option<String>,
     /// Prompting baseline: a TOML file with `positive = "..."` and `negative = "..."`
-    /// instructions (optional `mode = "system"` or `"prefix"`), measured as the row
+    /// instructions (optional `mode = "system"`, `"prefix"` or `"suffix"`), measured as the row
     /// `prompting` at multipliers -1/0/+1 beside the vectors.
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
@@ -87,6 +87,13 @@ pub struct EvalFlags {
     /// (`NAME (prompt+)`, `NAME (prompt-)`).
     #[arg(long, requires = "prompts")]
     pub prompted: bool,
+    /// Count refusals in the open-ended answers and report the attack success rate
+    /// (share of answers without a refusal string) per vector and multiplier.
+    #[arg(long)]
+    pub refusal: bool,
+    /// Refusal strings, one per line, instead of the GCG paper's list (implies --refusal).
+    #[arg(long, value_name = "FILE")]
+    pub refusal_strings: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -139,6 +146,12 @@ impl EvalFlags {
         if self.limit == Some(0) {
             bail!("invalid --limit 0: must be >= 1");
         }
+        if (self.refusal || self.refusal_strings.is_some()) && self.open_ended == 0 {
+            bail!("invalid --open-ended 0: --refusal counts refusals in the open-ended answers");
+        }
+        if let Some(p) = &self.refusal_strings {
+            bipo::eval::refusal::RefusalStrings::read(p).context("--refusal-strings")?;
+        }
         if let Some(p) = &self.prompts {
             bipo::eval::prompting::PromptBaseline::read(p).context("--prompts")?;
             if let Some(d) = bipo::eval::prompting::DIRECTIONS
@@ -152,6 +165,11 @@ impl EvalFlags {
         all.extend(self.data.iter().map(|d| ("--data", d.as_path())));
         all.extend(self.prompts.iter().map(|d| ("--prompts", d.as_path())));
         all.extend(self.neutral.iter().map(|d| ("--neutral", d.as_path())));
+        all.extend(
+            self.refusal_strings
+                .iter()
+                .map(|d| ("--refusal-strings", d.as_path())),
+        );
         bipo::util::fs::check_output_dir(&all, "--out", &self.out, written)?;
         bipo::util::fs::ensure_writable_dir(&self.out)?;
         Ok(())
@@ -190,6 +208,8 @@ impl EvalFlags {
                 .map(bipo::eval::prompting::PromptBaseline::read)
                 .transpose()?,
             prompted: self.prompted,
+            refusal: self.refusal || self.refusal_strings.is_some(),
+            refusal_strings: self.refusal_strings.clone(),
         })
     }
 }

@@ -175,6 +175,39 @@ fn eval_batch_zero_is_refused() {
 }
 
 #[test]
+fn eval_refusal_needs_answers_and_a_readable_strings_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (v, data) = (happy(d.path()), pairs(d.path(), 2));
+    let out = d.path().join("e");
+    let run = |extra: &[&str]| {
+        let m = model();
+        let mut a = vec!["eval", "-m", m.as_str(), "-v", s(&v), "--data", s(&data)];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["-o", s(&out)]);
+        bipo(&a)
+    };
+    fails(
+        &run(&["--refusal", "--open-ended", "0"]),
+        2,
+        &["--open-ended 0", "--refusal"],
+    );
+    let missing = d.path().join("no-such-strings.txt");
+    fails(
+        &run(&["--refusal-strings", s(&missing)]),
+        2,
+        &["--refusal-strings", "no-such-strings.txt"],
+    );
+    let empty = d.path().join("empty.txt");
+    std::fs::write(&empty, "\n \n").unwrap();
+    fails(
+        &run(&["--refusal-strings", s(&empty)]),
+        2,
+        &["empty.txt", "no refusal strings"],
+    );
+    assert!(!out.join("report.json").exists());
+}
+
+#[test]
 fn sweep_multiplier_zero_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let data = pairs(d.path(), 2);

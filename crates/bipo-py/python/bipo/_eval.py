@@ -64,7 +64,8 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
              limit: Optional[int] = None, system: Optional[str] = None, template: Optional[str] = None,
              judge_url: Optional[str] = None, judge_model: str = "gpt-4o-mini", judge_key: Optional[str] = None,
              behaviour: str = "the target behaviour", title: str = "bipo eval",
-             prompts: Optional[Dict[str, str]] = None, prompted: bool = False, progress=None) -> Report:
+             prompts: Optional[Dict[str, str]] = None, prompted: bool = False,
+             refusal: bool = False, refusal_strings: Optional[PathLike] = None, progress=None) -> Report:
     """Measures steering vectors as ``bipo eval`` does and returns the :class:`Report`.
 
     ``vectors``: a SteeringVector or a list of them (told apart by ``meta["name"]``).
@@ -81,9 +82,11 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
     stops the evaluation and raises KeyboardInterrupt. ``data`` may also hold
     multiple-choice JSONL files (``{"question", "correct", "incorrect"}`` per line:
     TruthfulQA's MC1/MC2). ``prompts={"positive": ..., "negative": ..., "mode":
-    "system"|"prefix"}`` adds the prompting baseline (row ``prompting`` at -1/0/+1; the
-    multipliers must include them) and ``prompted=True`` every vector on top of each
-    instruction.
+    "system"|"prefix"|"suffix"}`` adds the prompting baseline (row ``prompting`` at
+    -1/0/+1; the multipliers must include them) and ``prompted=True`` every vector on top
+    of each instruction. ``refusal=True`` marks each open-ended answer that contains a
+    refusal string (GCG's list, or one per line of ``refusal_strings``) and reports the
+    attack success rate per vector and multiplier (``report["open_ended"]["refusal"]``).
     """
     from . import SteeringVector
 
@@ -115,6 +118,9 @@ def evaluate(model, vectors, data: Union[PathLike, Sequence[PathLike]], multipli
     if prompts is not None:
         cfg["prompts"] = dict(prompts)
     cfg["prompted"] = bool(prompted)
+    cfg["refusal"] = bool(refusal) or refusal_strings is not None
+    if refusal_strings is not None:
+        cfg["refusal_strings"] = os.fspath(refusal_strings)
     if judge_url is not None:
         cfg["judge"] = {"url": judge_url, "model": judge_model, "behaviour": behaviour}
     raw = [(v._raw(), json.dumps(v.meta)) for v in vs]

@@ -15,6 +15,7 @@ pub mod open_ended;
 pub mod pipeline;
 pub mod plot;
 pub mod prompting;
+pub mod refusal;
 pub mod report;
 
 use std::collections::{BTreeMap, HashMap};

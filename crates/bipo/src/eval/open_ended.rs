@@ -32,6 +32,9 @@ pub struct Answer {
     pub score: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge_reply: Option<String>,
+    /// Whether it contains a refusal string (when refusals are counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<bool>,
 }
 
 /// Greedy answers (at most `max_tokens` each) for every vector x multiplier x question.
@@ -74,6 +77,7 @@ pub fn answers(
                     answer: g.text.trim().to_string(),
                     score: None,
                     judge_reply: None,
+                    refusal: None,
                 });
                 progress(out.len(), total);
             }

@@ -15,6 +15,7 @@ use super::matching::{self, Match};
 use super::mc;
 use super::open_ended::{self, Answer, Question};
 use super::prompting::{self, PromptBaseline};
+use super::refusal::{self, RefusalStrings};
 use super::report::{DataFile, Report};
 use super::{EvalData, EvalOptions, DEFAULT_EVAL_BATCH, DEFAULT_MULTIPLIERS};
 use crate::data::PreferencePair;
@@ -101,6 +102,11 @@ pub struct EvalConfig {
     pub prompts: Option<PromptBaseline>,
     /// Also measure every vector on top of each instruction (`NAME (prompt±)`).
     pub prompted: bool,
+    /// Count refusals in the open-ended answers and report the attack success rate
+    /// (answers without a refusal string) per vector and multiplier ([`refusal`]).
+    pub refusal: bool,
+    /// Refusal strings, one per line (None: the GCG paper's list).
+    pub refusal_strings: Option<PathBuf>,
 }
 
 impl Default for EvalConfig {
@@ -122,6 +128,8 @@ impl Default for EvalConfig {
             title: "bipo eval".into(),
             prompts: None,
             prompted: false,
+            refusal: false,
+            refusal_strings: None,
         }
     }
 }
@@ -173,6 +181,18 @@ impl EvalConfig {
                 ))
             }
             None => {}
+        }
+        if self.refusal && self.open_ended == 0 {
+            return Err(Error::invalid(
+                "refusal",
+                "counting refusals needs open-ended answers (open_ended >= 1)",
+            ));
+        }
+        if self.refusal_strings.is_some() && !self.refusal {
+            return Err(Error::invalid(
+                "refusal_strings",
+                "given without refusal = true",
+            ));
         }
         Ok(())
     }
@@ -288,6 +308,15 @@ pub fn run(
             pairs.get_or_insert_with(Vec::new).extend(d);
         }
     }
+    let refusals = match (&cfg.refusal_strings, cfg.refusal) {
+        (Some(p), true) => {
+            let r = RefusalStrings::read(p)?;
+            files.push(data_file(p, "refusal strings", r.0.len())?);
+            Some(r)
+        }
+        (None, true) => Some(RefusalStrings::default()),
+        (_, false) => None,
+    };
     // Neutral text: for the damage check, and to match vectors in KL.
     let wants_neutral = cfg.damage || cfg.match_by == Match::Kl;
     let neutral = match (&cfg.neutral, wants_neutral) {
@@ -359,10 +388,22 @@ pub fn run(
         }
     }
     let questions = questions(ab_items.as_deref(), pairs.as_deref(), cfg.open_ended);
-    let (answers, open) = if questions.is_empty() {
+    let (mut answers, open) = if questions.is_empty() {
         (Vec::new(), None)
     } else {
         open_ended(lm, &template, vectors, cfg, &questions, &mut progress)?
+    };
+    let open = match (open, &refusals) {
+        (Some(mut o), Some(r)) => {
+            o["refusal"] = serde_json::json!({
+                "strings": cfg.refusal_strings.as_ref().map_or(
+                    "GCG (Zou et al. 2023, test_prefixes)".to_string(),
+                    |p| p.display().to_string()),
+                "table": refusal::summary(&mut answers, r),
+            });
+            Some(o)
+        }
+        (o, _) => o,
     };
     let model_sha256 = crate::load::model_sha256(lm)?;
     let report = Report {

@@ -39,10 +39,13 @@ pub enum PromptMode {
     System,
     /// Before each question in the user turn, followed by a blank line.
     Prefix,
+    /// After each question in the user turn, a blank line before it (e.g. an attack
+    /// template's suffix: "Start your reply with ...").
+    Suffix,
 }
 
 /// One instruction per direction (a TOML file: `positive = "..."`, `negative = "..."`,
-/// optional `mode = "system" | "prefix"`).
+/// optional `mode = "system" | "prefix" | "suffix"`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptBaseline {
@@ -106,6 +109,7 @@ impl PromptBaseline {
     pub fn question(&self, direction: f32, question: &str) -> String {
         match (self.mode, self.instruction(direction)) {
             (PromptMode::Prefix, Some(i)) => format!("{i}\n\n{question}"),
+            (PromptMode::Suffix, Some(i)) => format!("{question}\n\n{i}"),
             _ => question.to_string(),
         }
     }
@@ -240,6 +244,7 @@ pub fn evaluate(
             match prompts.mode {
                 PromptMode::System => "system prompt",
                 PromptMode::Prefix => "question prefix",
+                PromptMode::Suffix => "question suffix",
             }
         )),
         ..Default::default()
@@ -286,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn instructions_go_to_the_system_prompt_or_before_the_question() {
+    fn instructions_go_to_the_system_prompt_or_around_the_question() {
         let mut p = PromptBaseline {
             positive: "Seek power.".into(),
             negative: "Avoid power.".into(),
@@ -301,6 +306,11 @@ mod tests {
         assert_eq!(p.question(1.0, "Q?"), "Seek power.\n\nQ?");
         assert_eq!(p.question(-1.0, "Q?"), "Avoid power.\n\nQ?");
         assert_eq!(p.question(0.0, "Q?"), "Q?");
+        p.mode = PromptMode::Suffix;
+        assert_eq!(p.system(1.0, None), None);
+        assert_eq!(p.question(1.0, "Q?"), "Q?\n\nSeek power.");
+        assert_eq!(p.question(0.0, "Q?"), "Q?");
+        p.mode = PromptMode::Prefix;
         let pairs = [PreferencePair {
             question: "Q?".into(),
             matching: "m".into(),

@@ -267,10 +267,20 @@ impl Report {
             }
         }
         if let Some(o) = &self.open_ended {
+            let table = o.get("refusal").and_then(|r| {
+                serde_json::from_value::<super::refusal::RefusalTable>(r.get("table")?.clone()).ok()
+            });
+            let mut shown = o.clone();
+            if let Some(t) = table {
+                let order: Vec<&str> = self.vectors.iter().map(|v| v.name.as_str()).collect();
+                s += &super::refusal::markdown(&t, &order);
+                // The table above says it; the JSON keeps the rest.
+                shown["refusal"]["table"] = "above".into();
+            }
             let _ = writeln!(
                 s,
                 "\n## Open-ended answers\n\n```json\n{}\n```",
-                serde_json::to_string_pretty(o).unwrap_or_default()
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
             );
         }
         s
