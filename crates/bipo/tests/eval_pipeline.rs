@@ -248,6 +248,12 @@ fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted
         );
     }
     assert_eq!(table.as_object().unwrap().len(), 4);
+    let md = out.report.markdown();
+    assert!(
+        md.contains("| prompting | prompting (system prompt) |  | 0.000 |"),
+        "{md}"
+    );
+    assert!(md.contains("## Attack success rate"), "{md}");
     let no_answers = EvalConfig {
         open_ended: 0,
         ..cfg.clone()

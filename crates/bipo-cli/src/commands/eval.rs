@@ -91,7 +91,8 @@ pub struct EvalFlags {
     /// (share of answers without a refusal string) per vector and multiplier.
     #[arg(long)]
     pub refusal: bool,
-    /// Refusal strings, one per line, instead of the GCG paper's list (implies --refusal).
+    /// Refusal strings, one per line (`#` starts a comment line), instead of the GCG
+    /// paper's list (implies --refusal).
     #[arg(long, value_name = "FILE")]
     pub refusal_strings: Option<PathBuf>,
 }

@@ -62,12 +62,13 @@ impl Default for RefusalStrings {
 }
 
 impl RefusalStrings {
-    /// One string per non-empty line of a text file (surrounding spaces kept out).
+    /// One string per non-empty line of a text file (surrounding spaces kept out;
+    /// lines starting with `#` are comments).
     pub fn read(path: &Path) -> Result<Self> {
         let list: Vec<String> = crate::util::read_text(path)?
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .map(plain)
             .collect();
         if list.is_empty() {
@@ -216,7 +217,7 @@ mod tests {
     fn reads_a_strings_file_and_refuses_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.txt");
-        std::fs::write(&p, "  Nope \n\nnot today’\n").unwrap();
+        std::fs::write(&p, "# mine\n  Nope \n\nnot today’\n").unwrap();
         let s = RefusalStrings::read(&p).unwrap();
         assert_eq!(s.0, ["Nope", "not today'"]);
         assert!(s.refuses("well, not today’s plan"));

@@ -161,7 +161,8 @@ impl Report {
         };
         for v in &self.vectors {
             let layers: Vec<String> = v.norms.keys().map(|l| l.to_string()).collect();
-            let norm = v.norms.values().map(|n| n * n).sum::<f32>().sqrt();
+            // A fold from +0: an empty sum (the prompting row has no vector) is +0, not -0.
+            let norm = v.norms.values().fold(0.0f32, |a, n| a + n * n).sqrt();
             let _ = write!(
                 s,
                 "| {} | {} | {} | {:.3} |",
