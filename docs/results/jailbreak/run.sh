@@ -16,8 +16,8 @@
 # answer table stay in out/jailbreak/; summarize.py commits rates, held-out margins and
 # samples cut to their first words.
 # `defence` (after qwen2.5-0.5b): BiPO alone at stronger negative multipliers (-3, -2)
-# under the attack on the first 20 test instructions, since at -1 its damage (KL) is a
-# ninth of CAA's; then both vectors' KL at -3..0.
+# under the attack on the first 20 test instructions, since at -1 its damage (KL) is an
+# eighth of CAA's; then both vectors' KL at -3..0.
 # Usage: docs/results/jailbreak/run.sh [qwen2.5-0.5b] [smollm2] [defence]
 #        (default: qwen2.5-0.5b smollm2)
 set -euo pipefail
