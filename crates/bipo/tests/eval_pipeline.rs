@@ -18,6 +18,17 @@ fn test_pairs(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
 }
 
 /// The default model and llama.cpp's "happy" control vector for it.
+/// The whole evaluation of one vector, without progress reports.
+fn run_quietly(
+    lm: &LoadedModel,
+    v: &SteeringVector,
+    cfg: &EvalConfig,
+) -> Result<pipeline::EvalOutput, Error> {
+    pipeline::run(lm, std::slice::from_ref(v), cfg, Vec::new(), |_, _, _| {
+        Ok(())
+    })
+}
+
 fn model_and_happy() -> (LoadedModel, SteeringVector) {
     let lm = load(
         common::default_model().to_str().unwrap(),
@@ -116,14 +127,7 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
     // Settings are checked before any work, naming the value.
     let mut bad = cfg.clone();
     bad.multipliers = vec![0.0, f32::NAN];
-    let e = pipeline::run(
-        &lm,
-        std::slice::from_ref(&happy),
-        &bad,
-        Vec::new(),
-        |_, _, _| Ok(()),
-    )
-    .unwrap_err();
+    let e = run_quietly(&lm, &happy, &bad).unwrap_err();
     assert!(e.to_string().contains("invalid multiplier NaN"), "{e}");
     let wrong = SteeringVector::single(3, vec![1.0; 8], Default::default());
     let e = pipeline::run(&lm, &[wrong], &cfg, Vec::new(), |_, _, _| Ok(())).unwrap_err();
@@ -155,14 +159,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted
         refusal: true,
         ..Default::default()
     };
-    let out = pipeline::run(
-        &lm,
-        std::slice::from_ref(&happy),
-        &cfg,
-        Vec::new(),
-        |_, _, _| Ok(()),
-    )
-    .unwrap();
+    let out = run_quietly(&lm, &happy, &cfg).unwrap();
     let names: Vec<&str> = out.report.vectors.iter().map(|v| v.name.as_str()).collect();
     let n = &happy.meta.name;
     assert_eq!(
@@ -198,14 +195,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted
             refusal: false,
             ..cfg.clone()
         };
-        let r = pipeline::run(
-            &lm,
-            std::slice::from_ref(&happy),
-            &plain,
-            Vec::new(),
-            |_, _, _| Ok(()),
-        )
-        .unwrap();
+        let r = run_quietly(&lm, &happy, &plain).unwrap();
         close(at("prompting", d), r.report.vectors[0].pref_margin[0].value);
     }
     assert!(
@@ -258,13 +248,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted
         open_ended: 0,
         ..cfg.clone()
     };
-    let e = pipeline::run(
-        &lm,
-        std::slice::from_ref(&happy),
-        &no_answers,
-        Vec::new(),
-        |_, _, _| Ok(()),
-    );
+    let e = run_quietly(&lm, &happy, &no_answers);
     assert!(e
         .unwrap_err()
         .to_string()
@@ -274,13 +258,7 @@ fn the_prompting_rows_equal_runs_under_each_instruction_and_refusals_are_counted
         multipliers: vec![0.0, 2.0],
         ..cfg.clone()
     };
-    let e = pipeline::run(
-        &lm,
-        std::slice::from_ref(&happy),
-        &bad,
-        Vec::new(),
-        |_, _, _| Ok(()),
-    );
+    let e = run_quietly(&lm, &happy, &bad);
     assert!(e.unwrap_err().to_string().contains("must include -1"));
 }
 
@@ -313,17 +291,11 @@ fn multiple_choice_scores_agree_with_pair_margins() {
             open_ended: 0,
             ..Default::default()
         };
-        pipeline::run(
-            &lm,
-            std::slice::from_ref(&happy),
-            &cfg,
-            Vec::new(),
-            |_, _, _| Ok(()),
-        )
-        .unwrap()
-        .report
-        .vectors
-        .remove(0)
+        run_quietly(&lm, &happy, &cfg)
+            .unwrap()
+            .report
+            .vectors
+            .remove(0)
     };
     let margin = |f: &str, name: &str| {
         let p = dir.path().join(name);

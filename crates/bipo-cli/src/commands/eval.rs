@@ -147,7 +147,7 @@ impl EvalFlags {
         if self.limit == Some(0) {
             bail!("invalid --limit 0: must be >= 1");
         }
-        if (self.refusal || self.refusal_strings.is_some()) && self.open_ended == 0 {
+        if self.counts_refusals() && self.open_ended == 0 {
             bail!("invalid --open-ended 0: --refusal counts refusals in the open-ended answers");
         }
         if let Some(p) = &self.refusal_strings {
@@ -174,6 +174,11 @@ impl EvalFlags {
         bipo::util::fs::check_output_dir(&all, "--out", &self.out, written)?;
         bipo::util::fs::ensure_writable_dir(&self.out)?;
         Ok(())
+    }
+
+    /// Whether refusals are counted (`--refusal`, or implied by `--refusal-strings`).
+    fn counts_refusals(&self) -> bool {
+        self.refusal || self.refusal_strings.is_some()
     }
 
     /// The library's evaluation settings for these flags.
@@ -209,7 +214,7 @@ impl EvalFlags {
                 .map(bipo::eval::prompting::PromptBaseline::read)
                 .transpose()?,
             prompted: self.prompted,
-            refusal: self.refusal || self.refusal_strings.is_some(),
+            refusal: self.counts_refusals(),
             refusal_strings: self.refusal_strings.clone(),
         })
     }
