@@ -4,6 +4,7 @@
 //! scales, sums) so the SIMD kernels load them directly.
 
 use half::f16;
+use rayon::prelude::*;
 
 use super::blocks::ActKind;
 
@@ -26,9 +27,11 @@ pub struct Acts {
 }
 
 impl Acts {
-    /// Quantizes `x` (m rows of `cols`, cols a multiple of the block) as `kind` does.
+    /// Quantizes `x` (m rows of `cols`, cols a multiple of the block) as `kind` does;
+    /// rows in parallel when there are several.
     pub fn new(x: &[f32], cols: usize, kind: ActKind) -> Self {
         let n32 = x.len() / 32;
+        let k = kind == ActKind::Q8K;
         let mut a = Self {
             kind,
             cols,
@@ -36,53 +39,29 @@ impl Acts {
             d: vec![0.0; n32],
             sum: vec![0; n32],
             s: vec![0.0; n32],
-            bsums: Vec::new(),
-            s16: Vec::new(),
+            bsums: vec![0; if k { x.len() / 16 } else { 0 }],
+            s16: vec![0.0; if k { x.len() / 16 } else { 0 }],
         };
-        match kind {
-            ActKind::Q8K => {
-                a.bsums = vec![0; x.len() / 16];
-                a.s16 = vec![0.0; x.len() / 16];
-                for (sb, (xs, qs)) in x
-                    .chunks_exact(256)
-                    .zip(a.q.chunks_exact_mut(256))
-                    .enumerate()
-                {
-                    let d = quantize_q8k(xs, qs);
-                    for (k, b16) in qs.chunks_exact(16).enumerate() {
-                        let s: i16 = b16.iter().map(|&v| v as i16).sum();
-                        a.bsums[16 * sb + k] = s;
-                        a.s16[16 * sb + k] = d * s as f32;
-                    }
-                    for k in 0..8 {
-                        let i = 8 * sb + k;
-                        a.d[i] = d;
-                        a.sum[i] = a.bsums[2 * i] as i32 + a.bsums[2 * i + 1] as i32;
-                        a.s[i] = d * a.sum[i] as f32;
-                    }
-                }
-            }
-            _ => {
-                for (b, (xs, qs)) in x.chunks_exact(32).zip(a.q.chunks_exact_mut(32)).enumerate() {
-                    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    let mut sum = 0i32;
-                    for (q, v) in qs.iter_mut().zip(xs) {
-                        // ggml's AVX2 quantizer rounds half to even.
-                        *q = nearest(v * id) as i8;
-                        sum += *q as i32;
-                    }
-                    let d16 = f16::from_f32(d).to_f32();
-                    a.d[b] = d16;
-                    a.sum[b] = sum;
-                    a.s[b] = if kind == ActKind::Q8_1 {
-                        f16::from_f32(d * sum as f32).to_f32()
-                    } else {
-                        d16 * sum as f32
-                    };
-                }
-            }
+        // Whole rows per task, a few tasks per thread; one task for a decode row.
+        let rows = x.len() / cols.max(1);
+        let tasks = (2 * rayon::current_num_threads()).min(rows).max(1);
+        let n = rows.div_ceil(tasks).max(1) * cols.max(1);
+        let blocks = x
+            .par_chunks(n)
+            .zip(a.q.par_chunks_mut(n))
+            .zip(a.d.par_chunks_mut(n / 32))
+            .zip(a.sum.par_chunks_mut(n / 32))
+            .zip(a.s.par_chunks_mut(n / 32));
+        if k {
+            blocks
+                .zip(a.bsums.par_chunks_mut(n / 16))
+                .zip(a.s16.par_chunks_mut(n / 16))
+                .for_each(|((((((x, q), d), sum), s), bsums), s16)| {
+                    fill_q8k(x, q, d, sum, s, bsums, s16)
+                });
+        } else {
+            let q8_1 = kind == ActKind::Q8_1;
+            blocks.for_each(|((((x, q), d), sum), s)| fill_q8(q8_1, x, q, d, sum, s));
         }
         a
     }
@@ -120,6 +99,56 @@ impl Acts {
     pub fn bsums(&self, i: usize, sb: usize) -> &[i16] {
         let at = i * self.cols / 16 + 16 * sb;
         &self.bsums[at..at + 16]
+    }
+}
+
+/// Q8_0 / Q8_1 (`q8_1`) blocks of 32 for the values `x`.
+fn fill_q8(q8_1: bool, x: &[f32], q: &mut [i8], d: &mut [f32], sum: &mut [i32], s: &mut [f32]) {
+    for (b, (xs, qs)) in x.chunks_exact(32).zip(q.chunks_exact_mut(32)).enumerate() {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut total = 0i32;
+        for (q, v) in qs.iter_mut().zip(xs) {
+            // ggml's AVX2 quantizer rounds half to even.
+            *q = nearest(v * id) as i8;
+            total += *q as i32;
+        }
+        let d16 = f16::from_f32(scale).to_f32();
+        d[b] = d16;
+        sum[b] = total;
+        s[b] = if q8_1 {
+            f16::from_f32(scale * total as f32).to_f32()
+        } else {
+            d16 * total as f32
+        };
+    }
+}
+
+/// Q8_K super-blocks of 256 for the values `x` (per 32: scale, sum, d * sum; per 16:
+/// sums and d * sums).
+fn fill_q8k(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    sum: &mut [i32],
+    s: &mut [f32],
+    bsums: &mut [i16],
+    s16: &mut [f32],
+) {
+    for (sb, (xs, qs)) in x.chunks_exact(256).zip(q.chunks_exact_mut(256)).enumerate() {
+        let scale = quantize_q8k(xs, qs);
+        for (k, b16) in qs.chunks_exact(16).enumerate() {
+            let t: i16 = b16.iter().map(|&v| v as i16).sum();
+            bsums[16 * sb + k] = t;
+            s16[16 * sb + k] = scale * t as f32;
+        }
+        for k in 0..8 {
+            let i = 8 * sb + k;
+            d[i] = scale;
+            sum[i] = bsums[2 * i] as i32 + bsums[2 * i + 1] as i32;
+            s[i] = scale * sum[i] as f32;
+        }
     }
 }
 

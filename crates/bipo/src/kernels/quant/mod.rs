@@ -4,14 +4,17 @@
 //! to 8 bits per weight type ([`acts`]), integer dot products per block, scaled in f32.
 //!
 //! [`QBlocks::matmul`] tiles the work: threads take chunks of weight rows, and each row
-//! is multiplied with up to four tokens at once, so a weight block is loaded and
-//! unpacked once per four tokens (prompt processing) and the whole row streams from
-//! memory once (decode). Kernels: AVX-512 VNNI or AVX-VNNI, else AVX2, else scalar,
-//! chosen at run time ([`x86`], [`blocks::dot_scalar`]).
+//! is multiplied with several tokens at once, so a weight block is loaded and unpacked
+//! once per 8 tokens (prompt processing, batched decode) and the whole row streams from
+//! memory once (decode). Kernels, chosen at run time: AVX-512 VNNI on 512-bit vectors
+//! (16 rows x 8 tokens per tile, [`wide`]), AVX2 on 256-bit ones (8 rows x 2 tokens,
+//! [`x86`]), else scalar ([`blocks::dot_scalar`]).
 
 pub mod acts;
 pub mod blocks;
 pub mod tiles;
+#[cfg(target_arch = "x86_64")]
+pub mod wide;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
@@ -240,7 +243,8 @@ impl QBlocks {
         let groups = n.div_ceil(tiles::ROWS);
         // Groups per task: enough work per task, a few tasks per thread.
         let threads = rayon::current_num_threads().max(1);
-        let per_task = (groups / (4 * threads)).clamp(1, 64);
+        // Even, so that pairs of groups stay together for the 512-bit kernels.
+        let per_task = (groups / (4 * threads)).clamp(2, 64).next_multiple_of(2);
         let mut y = vec![0f32; m * n];
         let out = OutPtr(y.as_mut_ptr());
         (0..groups.div_ceil(per_task))
@@ -329,12 +333,61 @@ unsafe fn groups_avx2(w: &QBlocks, a: &Acts, gs: std::ops::Range<usize>, y: OutP
     groups_with::<x86::Avx2, 2>(w, a, gs, y, m)
 }
 
+/// 8 rows' outputs of token `i` into y (m, n) at row group `g` (fewer at the end).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let r0 = g * tiles::ROWS;
+    let dst = y.0.add(i * n + r0);
+    if r0 + tiles::ROWS <= n {
+        _mm256_storeu_ps(dst, v);
+    } else {
+        let mut tmp = [0f32; tiles::ROWS];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n - r0);
+    }
+}
+
+/// Pairs of row groups on 512-bit vectors ([`wide`]), 8 tokens per tile, then 4, then
+/// one; an odd last group on 256-bit ones (4 tokens per tile). 8 tokens: measured
+/// against 2, 4, 6, 12 and 16 (examples/kbench.rs, Q4_K prompt shape: 16 spills
+/// registers); the 512-bit pairs gave 1.3-2.4x the 256-bit kernels' throughput at
+/// prompt shapes on one thread.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
 unsafe fn groups_vnni(w: &QBlocks, a: &Acts, gs: std::ops::Range<usize>, y: OutPtr, m: usize) {
-    // 4 tokens per tile: measured against 2 and 8 (examples/kbench.rs), 8 spills
-    // registers for the small types and gains nothing for the K-quants.
-    groups_with::<x86::Vnni, 4>(w, a, gs, y, m)
+    let mut g = gs.start;
+    while g + 2 <= gs.end {
+        let mut i = 0;
+        while i + 8 <= m {
+            pair_vnni::<8>(w, a, g, i, y);
+            i += 8;
+        }
+        if i + 4 <= m {
+            pair_vnni::<4>(w, a, g, i, y);
+            i += 4;
+        }
+        while i < m {
+            pair_vnni::<1>(w, a, g, i, y);
+            i += 1;
+        }
+        g += 2;
+    }
+    groups_with::<x86::Vnni, 4>(w, a, g..gs.end, y, m)
+}
+
+/// Row groups g and g + 1 against tokens i..i+T (16 rows per 512-bit vector).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_vnni<const T: usize>(w: &QBlocks, a: &Acts, g: usize, i: usize, y: OutPtr) {
+    use std::arch::x86_64::*;
+    let v = wide::group2::<T>(w.qtype, w.group(g), w.group(g + 1), a, i);
+    for (k, vk) in v.into_iter().enumerate() {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(vk)));
+        store8(y, w.rows, i + k, g, _mm512_castps512_ps256(vk));
+        store8(y, w.rows, i + k, g + 1, hi);
+    }
 }
 
 /// candle op: xs (..., cols) f32 -> (..., rows). No backward (inference path only).
