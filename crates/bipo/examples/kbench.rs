@@ -1,4 +1,4 @@
-//! Quantized matmul throughput per weight type, decode (1 token) and prompt (128
+//! Quantized matmul throughput per weight type, decode (1 token), a short prompt (35) and a prompt (128
 //! tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run --release --example
 //! kbench` (RAYON_NUM_THREADS sets the threads; BIPO_KERNELS=avx2|scalar forces a
 //! slower kernel set).
@@ -24,7 +24,7 @@ fn main() {
         let q = QBlocks::from_qtensor(&QTensor::quantize(&w, t).unwrap())
             .unwrap()
             .unwrap();
-        for m in [1usize, 128] {
+        for m in [1usize, 35, 128] {
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let a = Acts::new(&x, k, q.qtype().act_kind());
             let reps = if m == 1 { 200 } else { 10 };

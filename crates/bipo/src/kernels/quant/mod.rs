@@ -349,8 +349,8 @@ unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::
     }
 }
 
-/// Pairs of row groups on 512-bit vectors ([`wide`]), 8 tokens per tile, then 4, then
-/// one; an odd last group on 256-bit ones (4 tokens per tile). 8 tokens: measured
+/// Pairs of row groups on 512-bit vectors ([`wide`]), 8 tokens per tile, then the
+/// remaining 1-7 in one tile; an odd last group on 256-bit ones (4 tokens per tile). 8 tokens: measured
 /// against 2, 4, 6, 12 and 16 (examples/kbench.rs, Q4_K prompt shape: 16 spills
 /// registers); the 512-bit pairs gave 1.3-2.4x the 256-bit kernels' throughput at
 /// prompt shapes on one thread.
@@ -364,13 +364,16 @@ unsafe fn groups_vnni(w: &QBlocks, a: &Acts, gs: std::ops::Range<usize>, y: OutP
             pair_vnni::<8>(w, a, g, i, y);
             i += 8;
         }
-        if i + 4 <= m {
-            pair_vnni::<4>(w, a, g, i, y);
-            i += 4;
-        }
-        while i < m {
-            pair_vnni::<1>(w, a, g, i, y);
-            i += 1;
+        // The last 1-7 tokens in one pass too (each pass streams the weights once).
+        match m - i {
+            7 => pair_vnni::<7>(w, a, g, i, y),
+            6 => pair_vnni::<6>(w, a, g, i, y),
+            5 => pair_vnni::<5>(w, a, g, i, y),
+            4 => pair_vnni::<4>(w, a, g, i, y),
+            3 => pair_vnni::<3>(w, a, g, i, y),
+            2 => pair_vnni::<2>(w, a, g, i, y),
+            1 => pair_vnni::<1>(w, a, g, i, y),
+            _ => {}
         }
         g += 2;
     }
