@@ -297,19 +297,8 @@ unsafe fn groups_with<I: x86::Isa, const T: usize>(
     y: OutPtr,
     m: usize,
 ) {
-    use std::arch::x86_64::*;
     let (n, t) = (w.rows, w.qtype);
-    let store = |v: __m256, i: usize, g: usize| {
-        let r0 = g * tiles::ROWS;
-        let dst = y.0.add(i * n + r0);
-        if r0 + tiles::ROWS <= n {
-            _mm256_storeu_ps(dst, v);
-        } else {
-            let mut tmp = [0f32; tiles::ROWS];
-            _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, n - r0);
-        }
-    };
+    let store = |v, i, g| store8(y, n, i, g, v);
     for g in gs {
         let tl = w.group(g);
         let mut i = 0;
