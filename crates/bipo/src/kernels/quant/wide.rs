@@ -1,7 +1,9 @@
 //! AVX-512 VNNI kernels on 512-bit vectors: two row groups at once (16 rows: group g's
-//! tile in the low 256 bits, group g + 1's in the high), against `T` tokens. The same
-//! arithmetic as [`super::x86`] with half the instructions per weight row: one
-//! activation broadcast and one `vpdpbusd` serve 16 rows instead of 8.
+//! tile in the low 256 bits, group g + 1's in the high), against `T` tokens. Each lane
+//! runs exactly the operations of its lane in [`super::x86`]'s VNNI kernels, in the
+//! same order, so the results are bit for bit theirs (a test); with half the
+//! instructions per weight row: one activation broadcast and one `vpdpbusd` serve 16
+//! rows instead of 8.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -201,6 +203,7 @@ pub unsafe fn small<const T: usize, const K: u8>(
     let ys: [*const i8; T] = std::array::from_fn(|k| a.row(t0 + k).as_ptr());
     let blk = a.cols / 32;
     let mut out = [_mm512_setzero_ps(); T];
+    let mut corr = [_mm512_setzero_ps(); T];
     for b in 0..t0s.len() / tb {
         let (p, q) = (t0s.as_ptr().add(b * tb), t1s.as_ptr().add(b * tb));
         prefetch2(
@@ -220,10 +223,10 @@ pub unsafe fn small<const T: usize, const K: u8>(
             let s = block_dot2(&lo, &hi, ys[k].add(32 * b) as *const i32);
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(*a.d.get_unchecked(i)));
             out[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, out[k]);
-            out[k] = _mm512_fmadd_ps(off, _mm512_set1_ps(*a.s.get_unchecked(i)), out[k]);
+            corr[k] = _mm512_fmadd_ps(off, _mm512_set1_ps(*a.s.get_unchecked(i)), corr[k]);
         }
     }
-    out
+    std::array::from_fn(|k| _mm512_add_ps(out[k], corr[k]))
 }
 
 /// Q8_0, two row groups: weights biased to unsigned, the bias removed through the
@@ -233,6 +236,7 @@ pub unsafe fn q8_0<const T: usize>(t0s: &[u8], t1s: &[u8], a: &Acts, t0: usize) 
     let ys: [*const i8; T] = std::array::from_fn(|k| a.row(t0 + k).as_ptr());
     let blk = a.cols / 32;
     let mut out = [_mm512_setzero_ps(); T];
+    let mut corr = [_mm512_setzero_ps(); T];
     let bias = _mm512_set1_epi8(-128);
     for b in 0..t0s.len() / 272 {
         let (p, q) = (t0s.as_ptr().add(b * 272), t1s.as_ptr().add(b * 272));
@@ -251,10 +255,10 @@ pub unsafe fn q8_0<const T: usize>(t0s: &[u8], t1s: &[u8], a: &Acts, t0: usize) 
             }
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(*a.d.get_unchecked(i)));
             out[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, out[k]);
-            out[k] = _mm512_fmadd_ps(off, _mm512_set1_ps(*a.s.get_unchecked(i)), out[k]);
+            corr[k] = _mm512_fmadd_ps(off, _mm512_set1_ps(*a.s.get_unchecked(i)), corr[k]);
         }
     }
-    out
+    std::array::from_fn(|k| _mm512_add_ps(out[k], corr[k]))
 }
 
 /// Two row groups' tiles (`t0s`: g, `t1s`: g + 1) against tokens t0..t0+T; per token
