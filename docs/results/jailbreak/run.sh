@@ -18,7 +18,11 @@
 # `defence` (after qwen2.5-0.5b): BiPO alone at stronger negative multipliers (-3, -2)
 # under the attack on the first 20 test instructions, since at -1 its damage (KL) is an
 # eighth of CAA's; then both vectors' KL at -3..0.
-# Usage: docs/results/jailbreak/run.sh [qwen2.5-0.5b] [smollm2] [defence]
+# `attacked` (after qwen2.5-0.5b): BiPO trained on the same pairs with the attack
+# template appended to each training instruction (out/data/jailbreak/train-attacked.csv,
+# the test instructions stay unseen), then it and the plain-trained vector under the
+# attack on the first 20 test instructions at -2/-1/0/+1, and its KL.
+# Usage: docs/results/jailbreak/run.sh [qwen2.5-0.5b] [smollm2] [defence] [attacked]
 #        (default: qwen2.5-0.5b smollm2)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -40,6 +44,40 @@ for m in ${@:-qwen2.5-0.5b smollm2}; do
       -v $out/caa.safetensors:caa --data $data/test.csv --limit 1 --multipliers=-3,-2,-1,0 \
       --open-ended 0 -o $out/kl --threads 2 -q
     cp $out/kl/report.json docs/results/jailbreak/qwen2.5-0.5b-defence/kl-report.json
+    continue
+  fi
+  if [ "$m" = attacked ]; then
+    out=out/jailbreak/qwen2.5-0.5b
+    model=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+    # The training instructions as the attack presents them: "{instruction}\n\n{suffix}",
+    # eval's suffix mode (eval/prompting.rs).
+    python3 - configs/prompts/jailbreak.toml $data/train.csv $data/train-attacked.csv <<'PY'
+import csv, sys, tomllib
+suffix = tomllib.load(open(sys.argv[1], "rb"))["positive"]
+rows = list(csv.DictReader(open(sys.argv[2], encoding="utf-8")))
+with open(sys.argv[3], "w", encoding="utf-8", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=["question", "matching", "not_matching"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "question": r["question"] + "\n\n" + suffix})
+PY
+    $bipo train -m $model --data $data/train-attacked.csv --config configs/jailbreak.toml --layer 12 \
+      -o $out/bipo-attacked --force --threads 2 -q
+    $bipo eval -m $model -v $out/bipo/vector.safetensors:bipo \
+      -v $out/bipo-attacked/vector.safetensors:bipo-attacked \
+      --data $data/test.csv --limit 20 --multipliers=-2,-1,0,1 --no-damage \
+      --prompts configs/prompts/jailbreak.toml --prompted --refusal \
+      --open-ended 20 --max-tokens 24 \
+      --title "jailbreaking: BiPO trained on attacked instructions, under the attack (Qwen2.5-Coder-0.5B-Instruct Q4_K_M)" \
+      -o $out/attacked --threads 2 -q
+    dest=docs/results/jailbreak/qwen2.5-0.5b-attacked
+    python3 docs/results/jailbreak/summarize.py $out $dest attacked
+    mkdir -p $dest/bipo-attacked-train
+    cp $out/bipo-attacked/run.json $out/bipo-attacked/metrics.jsonl $dest/bipo-attacked-train/
+    cp $out/bipo-attacked/vector.safetensors $dest/bipo-attacked.safetensors
+    $bipo eval -m $model -v $out/bipo-attacked/vector.safetensors:bipo-attacked \
+      --data $data/test.csv --limit 1 --multipliers=-2,-1,0 --open-ended 0 -o $out/attacked-kl --threads 2 -q
+    cp $out/attacked-kl/report.json $dest/kl-report.json
     continue
   fi
   case $m in

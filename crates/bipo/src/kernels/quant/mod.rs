@@ -344,7 +344,8 @@ unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::
 /// registers); the 512-bit pairs gave 1.3-2.4x the 256-bit kernels' throughput at
 /// prompt shapes on one thread. The small types keep their zero-point sums in separate
 /// accumulators, as the 256-bit kernels do, so both give the same bits (folding them
-/// in was 5-20% faster but moved log-probabilities by up to 0.1).
+/// in was 5-20% faster, but its rounding put a baked model 0.104 away from the same
+/// vector applied as steering, over the 0.1 that tests/cli.rs allows).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
 unsafe fn groups_vnni(w: &QBlocks, a: &Acts, gs: std::ops::Range<usize>, y: OutPtr, m: usize) {
