@@ -1,7 +1,7 @@
-//! Quantized matmul throughput per weight type, decode (1 token), a short prompt (35) and a prompt (128
-//! tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run --release --example
-//! kbench` (RAYON_NUM_THREADS sets the threads; BIPO_KERNELS=avx2|scalar forces a
-//! slower kernel set).
+//! Quantized matmul throughput per weight type at decode (1 token), short-prompt (35)
+//! and prompt (128 tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run
+//! --release --example kbench` (RAYON_NUM_THREADS sets the threads;
+//! BIPO_KERNELS=avx2|scalar forces a slower kernel set).
 
 use bipo::kernels::quant::{Acts, QBlocks};
 use candle_core::quantized::{GgmlDType, QTensor};
