@@ -17,7 +17,6 @@ fn test_pairs(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     p
 }
 
-/// The default model and llama.cpp's "happy" control vector for it.
 /// The whole evaluation of one vector, without progress reports.
 fn run_quietly(
     lm: &LoadedModel,
@@ -29,6 +28,7 @@ fn run_quietly(
     })
 }
 
+/// The default model and llama.cpp's "happy" control vector for it.
 fn model_and_happy() -> (LoadedModel, SteeringVector) {
     let lm = load(
         common::default_model().to_str().unwrap(),
@@ -130,7 +130,7 @@ fn the_pipeline_runs_from_json_settings_stops_when_asked_and_writes_what_it_retu
     let e = run_quietly(&lm, &happy, &bad).unwrap_err();
     assert!(e.to_string().contains("invalid multiplier NaN"), "{e}");
     let wrong = SteeringVector::single(3, vec![1.0; 8], Default::default());
-    let e = pipeline::run(&lm, &[wrong], &cfg, Vec::new(), |_, _, _| Ok(())).unwrap_err();
+    let e = run_quietly(&lm, &wrong, &cfg).unwrap_err();
     assert_eq!(e.exit_code(), 2, "{e}");
 }
 

@@ -31,7 +31,7 @@ impl Acts {
     /// rows in parallel when there are several.
     pub fn new(x: &[f32], cols: usize, kind: ActKind) -> Self {
         let n32 = x.len() / 32;
-        let k = kind == ActKind::Q8K;
+        let q8k = kind == ActKind::Q8K;
         let mut a = Self {
             kind,
             cols,
@@ -39,8 +39,8 @@ impl Acts {
             d: vec![0.0; n32],
             sum: vec![0; n32],
             s: vec![0.0; n32],
-            bsums: vec![0; if k { x.len() / 16 } else { 0 }],
-            s16: vec![0.0; if k { x.len() / 16 } else { 0 }],
+            bsums: vec![0; if q8k { x.len() / 16 } else { 0 }],
+            s16: vec![0.0; if q8k { x.len() / 16 } else { 0 }],
         };
         // Whole rows per task, a few tasks per thread; one task for a decode row.
         let rows = x.len() / cols.max(1);
@@ -52,7 +52,7 @@ impl Acts {
             .zip(a.d.par_chunks_mut(n / 32))
             .zip(a.sum.par_chunks_mut(n / 32))
             .zip(a.s.par_chunks_mut(n / 32));
-        if k {
+        if q8k {
             blocks
                 .zip(a.bsums.par_chunks_mut(n / 16))
                 .zip(a.s16.par_chunks_mut(n / 16))

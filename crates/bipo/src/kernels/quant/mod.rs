@@ -339,9 +339,9 @@ unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::
 }
 
 /// Pairs of row groups on 512-bit vectors ([`wide`]), 8 tokens per tile, then the
-/// remaining 1-7 in one tile; an odd last group on 256-bit ones (4 tokens per tile). 8 tokens: measured
-/// against 2, 4, 6, 12 and 16 (examples/kbench.rs, Q4_K prompt shape: 16 spills
-/// registers); the 512-bit pairs gave 1.3-2.4x the 256-bit kernels' throughput at
+/// remaining 1-7 in one tile; an odd last group on 256-bit ones (4 tokens per tile).
+/// 8 tokens: measured against 2, 4, 6, 12 and 16 (examples/kbench.rs, Q4_K prompt
+/// shape: 16 spills registers); the 512-bit pairs gave 1.3-2.4x the 256-bit kernels' throughput at
 /// prompt shapes on one thread. The small types keep their zero-point sums in separate
 /// accumulators, as the 256-bit kernels do, so both give the same bits (folding them
 /// in was 5-20% faster, but its rounding put a baked model 0.104 away from the same

@@ -91,15 +91,17 @@ unsafe fn unpack2(
     (lo, hi)
 }
 
+/// Sums over a 32-value block: lo[v] with activations 4v.., hi[v] with 16+4v.. (see
+/// `x86::block_dot`).
 #[inline(always)]
-unsafe fn block_dot2(lo: &[__m512i; 4], hi: &[__m512i; 4], y: *const i32) -> __m512i {
+unsafe fn block_dot2(lo: &[__m512i; 4], hi: &[__m512i; 4], y: *const i32) -> (__m512i, __m512i) {
     let mut a = _mm512_setzero_si512();
     let mut b = _mm512_setzero_si512();
     for v in 0..4 {
         a = _mm512_dpbusd_epi32(a, lo[v], _mm512_set1_epi32(y.add(v).read_unaligned()));
         b = _mm512_dpbusd_epi32(b, hi[v], _mm512_set1_epi32(y.add(4 + v).read_unaligned()));
     }
-    _mm512_add_epi32(a, b)
+    (a, b)
 }
 
 /// Q4_K and Q5_K (`H`), two row groups (`x86::k4` for one).
@@ -129,7 +131,8 @@ pub unsafe fn k4<const T: usize, const H: bool>(
             for k in 0..T {
                 let i = (t0 + k) * blk + 8 * sb + j;
                 let y = ys[k].add(256 * sb + 32 * j) as *const i32;
-                let s = _mm512_cvtepi32_ps(block_dot2(&lo, &hi, y));
+                let (s0, s1) = block_dot2(&lo, &hi, y);
+                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
                 let dy = _mm512_set1_ps(*a.d.get_unchecked(i));
                 out[k] = _mm512_fmadd_ps(s, _mm512_mul_ps(sc, dy), out[k]);
                 out[k] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(*a.s.get_unchecked(i)), out[k]);
@@ -163,20 +166,7 @@ pub unsafe fn q6k<const T: usize>(t0s: &[u8], t1s: &[u8], a: &Acts, t0: usize) -
                 let i = (t0 + k) * blk + 8 * sb + g;
                 let i16_ = (t0 + k) * b16 + 16 * sb + 2 * g;
                 let y = ys[k].add(256 * sb + 32 * g) as *const i32;
-                let mut s0 = _mm512_setzero_si512();
-                let mut s1 = _mm512_setzero_si512();
-                for v in 0..4 {
-                    s0 = _mm512_dpbusd_epi32(
-                        s0,
-                        lo[v],
-                        _mm512_set1_epi32(y.add(v).read_unaligned()),
-                    );
-                    s1 = _mm512_dpbusd_epi32(
-                        s1,
-                        hi[v],
-                        _mm512_set1_epi32(y.add(4 + v).read_unaligned()),
-                    );
-                }
+                let (s0, s1) = block_dot2(&lo, &hi, y);
                 let dy = _mm512_set1_ps(*a.d.get_unchecked(i));
                 out[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(sl, dy), out[k]);
                 out[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(sh, dy), out[k]);
@@ -220,7 +210,8 @@ pub unsafe fn small<const T: usize, const K: u8>(
         let (lo, hi) = unpack2(p, q, q_at, m_at, per_vec);
         for k in 0..T {
             let i = (t0 + k) * blk + b;
-            let s = block_dot2(&lo, &hi, ys[k].add(32 * b) as *const i32);
+            let (s0, s1) = block_dot2(&lo, &hi, ys[k].add(32 * b) as *const i32);
+            let s = _mm512_add_epi32(s0, s1);
             let scale = _mm512_mul_ps(d, _mm512_set1_ps(*a.d.get_unchecked(i)));
             out[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, out[k]);
             corr[k] = _mm512_fmadd_ps(off, _mm512_set1_ps(*a.s.get_unchecked(i)), corr[k]);
