@@ -337,9 +337,13 @@ fn a_baked_model_generates_what_the_vector_does() {
             .collect()
     };
     // The bias is added before the residual add, steering after it: the same sum in
-    // another order. With 8-bit activations a rounding difference can move a
-    // log-probability by a few hundredths, so: the first step's top-5 agree closely,
-    // and the tokens agree until the first near-tie (top-2 within 0.1).
+    // another order. With 8-bit activations and this strong vector (x4), a rounding
+    // difference can move a log-probability by a tenth or more: two builds that differ
+    // only in f32 summation order inside attention (online vs two-pass softmax) gave
+    // top-5 log-probs 0.156 apart on "The capital of France is" (2026-11-29). So: the
+    // first step's top-5 agree within TOL, the tokens agree until the first near-tie
+    // (top-2 within TOL), and steering changes the tokens.
+    const TOL: f64 = 0.25;
     let mut compared = 0;
     for prompt in [
         "I feel",
@@ -356,11 +360,11 @@ fn a_baked_model_generates_what_the_vector_does() {
             .collect();
         assert!(shared.len() >= 4, "{prompt}: {a:?} vs {b:?}");
         assert!(
-            shared.iter().all(|(x, y)| (x - y).abs() < 0.1),
+            shared.iter().all(|(x, y)| (x - y).abs() < TOL),
             "{prompt}: {shared:?}"
         );
         for ((ta, top), (tb, _)) in steered.iter().zip(&from_bake) {
-            if top[0].1 - top[1].1 < 0.1 {
+            if top[0].1 - top[1].1 < TOL {
                 break;
             }
             assert_eq!(ta, tb, "{prompt}");

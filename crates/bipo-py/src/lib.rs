@@ -311,6 +311,7 @@ fn random_like<'py>(
 
 #[pymodule]
 fn _bipo(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    bipo::util::tune_candle_pool();
     m.add("BipoError", m.py().get_type::<BipoError>())?;
     m.add("FileError", m.py().get_type::<FileError>())?;
     m.add("InvalidValueError", m.py().get_type::<InvalidValueError>())?;

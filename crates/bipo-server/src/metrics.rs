@@ -130,12 +130,12 @@ impl Metrics {
             ),
             (
                 "bipo_decode_steps_total",
-                "Batched decode steps.",
+                "Engine steps (one forward pass each over the batch's sequences).",
                 load(&e.decode_steps),
             ),
             (
                 "bipo_decode_rows_total",
-                "Rows over all decode steps.",
+                "Sequences over all steps.",
                 load(&e.decode_rows),
             ),
         ] {
@@ -162,7 +162,7 @@ impl Metrics {
             &mut o,
             "bipo_engine_seconds_total",
             "counter",
-            "Engine time by phase: prefill, batched decode forwards, sampling and reporting.",
+            "Engine time by phase: prefill (forward passes that carry prompt tokens, generating rows riding along), decode (passes of generating rows only), sample (sampling and reporting).",
         );
         for (phase, us) in [
             ("prefill", &e.prefill_us),
@@ -176,7 +176,7 @@ impl Metrics {
             &mut o,
             "bipo_batch_size",
             "histogram",
-            "Rows per decode step.",
+            "Sequences per step (generating rows and prompt chunks).",
         );
         let mut acc = 0;
         for (i, c) in e.batch_hist.iter().enumerate() {

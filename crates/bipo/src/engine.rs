@@ -1,12 +1,13 @@
-//! A batching generation engine: many requests, each with its own steering, decode
+//! A batching generation engine: many requests, each with its own steering, run
 //! together in one forward pass per step (continuous batching).
 //!
-//! The engine owns one thread (each step runs on the rayon pool). Requests ([`Job`]) queue in a bounded channel; between
-//! decode steps the engine admits queued jobs up to `max_batch` active sequences,
-//! prefills new prompts in chunks of at most `prefill_chunk` tokens per step (so a long
-//! prompt does not stall the others), then runs one [`Model::decode_rows`] step for every
-//! sequence that is generating, each row with its own steering delta. Every sequence
-//! has its own KV cache, freed when it finishes or its client goes away.
+//! The engine owns one thread (each step runs on the rayon pool). Requests ([`Job`])
+//! queue in a bounded channel; between steps the engine admits queued jobs up to
+//! `max_batch` active sequences. Each step is one [`Model::forward_segments`] pass over
+//! the next token of every generating sequence and up to `prefill_chunk` prompt tokens
+//! of the new ones (so a long prompt is prefilled over several steps and does not stall
+//! the others), each sequence with its own steering delta. Every sequence has its own
+//! KV cache, freed when it finishes or its client goes away.
 //!
 //! No async runtime and no HTTP here: results go to a [`Sink`], which the server
 //! implements over its channels.
@@ -18,13 +19,12 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::generate::{Decoder, FinishReason, GenerateOptions, TokenEvent};
 use crate::load::LoadedModel;
-use crate::models::{KvCache, Mode};
+use crate::models::KvCache;
 use crate::steer::{deltas_of, Positions, Steering};
 use crate::vector::SteeringVector;
 
@@ -35,7 +35,8 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Jobs waiting for a slot at most; [`Engine::submit`] refuses more.
     pub max_queue: usize,
-    /// Prompt tokens prefilled per step at most (over all new sequences).
+    /// Prompt tokens per step at most (over all new sequences; the generating ones add
+    /// one token each).
     pub prefill_chunk: usize,
 }
 
@@ -130,14 +131,16 @@ impl Job {
 pub struct EngineStats {
     pub queued: AtomicUsize,
     pub active: AtomicUsize,
+    /// Steps (forward passes).
     pub decode_steps: AtomicU64,
-    /// Sum over decode steps of the rows in the step.
+    /// Sum over steps of the sequences in the step.
     pub decode_rows: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
-    /// Histogram of rows per decode step: counts for 1, 2, 3-4, 5-8, ..., >256.
+    /// Histogram of sequences per step: counts for 1, 2, 3-4, 5-8, ..., >256.
     pub batch_hist: [AtomicU64; 10],
-    /// Microseconds spent prefilling, in batched decode forwards, and sampling/reporting.
+    /// Microseconds in forward passes that carry prompt tokens, in passes of generating
+    /// rows only, and sampling/reporting.
     pub prefill_us: AtomicU64,
     pub decode_us: AtomicU64,
     pub sample_us: AtomicU64,
@@ -247,6 +250,24 @@ impl Seq {
     fn generating(&self) -> bool {
         self.prefilled == self.job.prompt.len()
     }
+
+    /// Positions in the cache before this step: the prompt so far, or the prompt and
+    /// every generated token but the last (which the step feeds).
+    fn cache_len(&self) -> usize {
+        if self.generating() {
+            self.prefilled + self.decoder.generated().len() - 1
+        } else {
+            self.prefilled
+        }
+    }
+}
+
+/// A sequence's part of one step: `n` tokens from position `from`.
+struct Segment {
+    /// Index into the active sequences.
+    seq: usize,
+    from: usize,
+    n: usize,
 }
 
 struct Worker {
@@ -255,9 +276,9 @@ struct Worker {
     stats: Arc<EngineStats>,
     active: Vec<Seq>,
     admitted: u64,
-    /// The last decode step's rows (sequence ids) and their steering: reused while the
-    /// batch does not change, which is most steps.
-    batch_steering: Option<(Vec<u64>, Steering)>,
+    /// The last step's rows (sequence id, generating) and their steering: reused while
+    /// the batch does not change, which is most steps.
+    batch_steering: Option<(Vec<(u64, bool)>, Steering)>,
 }
 
 impl Worker {
@@ -296,14 +317,7 @@ impl Worker {
             // Each step runs on a worker of the rayon pool (`scope` moves it there), so
             // the many parallel loops of a forward pass share the pool by work stealing
             // instead of each waking it from outside; idle waits stay off the pool.
-            let step = catch_unwind(AssertUnwindSafe(|| {
-                rayon::scope(|_| {
-                    let t = Instant::now();
-                    self.prefill_step();
-                    add_us(&self.stats.prefill_us, t);
-                    self.decode_step();
-                })
-            }));
+            let step = catch_unwind(AssertUnwindSafe(|| rayon::scope(|_| self.step())));
             if step.is_err() {
                 // A bug, not bad input; fail what is running and keep serving.
                 for mut s in self.active.drain(..) {
@@ -369,126 +383,108 @@ impl Worker {
             .store(self.active.len(), Ordering::Relaxed);
     }
 
-    /// Prefills up to `prefill_chunk` prompt tokens, oldest sequences first.
-    fn prefill_step(&mut self) {
+    /// One forward pass for every sequence: the next token of each generating one, and
+    /// up to `prefill_chunk` prompt tokens of the prefilling ones, oldest first. A
+    /// sequence whose prompt is then complete samples its first token from the pass.
+    fn step(&mut self) {
         let mut budget = self.cfg.prefill_chunk.max(1);
-        let lm = self.lm.clone();
-        let mut i = 0;
-        while i < self.active.len() && budget > 0 {
-            if self.active[i].generating() {
-                i += 1;
-                continue;
-            }
-            let s = &mut self.active[i];
+        let mut segs = Vec::new();
+        for (i, s) in self.active.iter().enumerate() {
             let (from, len) = (s.prefilled, s.job.prompt.len());
-            let n = (len - from).min(budget);
-            budget -= n;
-            let r = (|| -> Result<Option<Vec<f32>>> {
-                let m = &lm.model;
-                let steering = Steering::from_row_deltas(
-                    &[&s.job.prompt_deltas],
-                    m.hidden_size(),
-                    m.device(),
-                    m.dtype(),
-                )?;
-                let ids = Tensor::new(&s.job.prompt[from..from + n], m.device())?.unsqueeze(0)?;
-                let logits = m.forward(
-                    &ids,
-                    from,
-                    Some(&mut s.cache),
-                    &steering,
-                    Some(1),
-                    Mode::Fast,
-                )?;
-                s.prefilled += n;
-                Ok(if s.generating() {
-                    Some(logits.flatten_all()?.to_vec1()?)
-                } else {
-                    None
-                })
-            })();
-            let keep = match r {
-                Ok(Some(row)) => self.emit(i, &row),
-                Ok(None) => true,
-                Err(e) => {
-                    self.active[i].job.sink.send(Event::Failed {
-                        message: e.to_string(),
-                        internal: false,
-                    });
-                    false
-                }
-            };
-            if keep {
-                i += 1;
-            } else {
-                self.active.remove(i);
+            if s.generating() {
+                segs.push(Segment { seq: i, from, n: 1 });
+            } else if budget > 0 {
+                let n = (len - from).min(budget);
+                budget -= n;
+                segs.push(Segment { seq: i, from, n });
             }
         }
-    }
-
-    /// One batched decode step over every generating sequence.
-    fn decode_step(&mut self) {
-        let rows: Vec<usize> = (0..self.active.len())
-            .filter(|&i| self.active[i].generating())
-            .collect();
-        if rows.is_empty() {
+        if segs.is_empty() {
             return;
         }
-        self.stats.record_batch(rows.len());
+        let prefilling = segs.iter().any(|g| !self.active[g.seq].generating());
+        self.stats.record_batch(segs.len());
         let t = Instant::now();
-        let logits = self.decode(&rows);
-        add_us(&self.stats.decode_us, t);
+        let logits = match self.forward(&segs) {
+            Ok(l) => l.into_iter().map(Ok).collect(),
+            Err(_) if segs.len() > 1 => {
+                // Undo the partial step and run the segments alone, so one request
+                // whose steering overflows fails alone.
+                segs.iter()
+                    .map(|g| {
+                        let len = self.active[g.seq].cache_len();
+                        self.active[g.seq].cache.truncate(len)?;
+                        Ok(self.forward(std::slice::from_ref(g))?.remove(0))
+                    })
+                    .collect()
+            }
+            Err(e) => vec![Err(e)],
+        };
+        add_us(
+            if prefilling {
+                &self.stats.prefill_us
+            } else {
+                &self.stats.decode_us
+            },
+            t,
+        );
         let t = Instant::now();
-        self.sample_rows(&rows, logits);
+        // Sequences that sample now: the generating ones and those whose prompt is in.
+        let mut rows = Vec::with_capacity(segs.len());
+        let mut out = Vec::with_capacity(segs.len());
+        for (g, r) in segs.iter().zip(logits) {
+            let s = &mut self.active[g.seq];
+            let ok = r.is_ok();
+            if ok && !s.generating() {
+                s.prefilled += g.n;
+                if !s.generating() {
+                    continue;
+                }
+            }
+            rows.push(g.seq);
+            out.push(r);
+        }
+        self.finish_rows(&rows, out.into_iter());
         add_us(&self.stats.sample_us, t);
     }
 
-    fn sample_rows(&mut self, rows: &[usize], logits: Result<Vec<Vec<f32>>>) {
-        let logits = match logits {
-            Ok(l) => l,
-            Err(_) if rows.len() > 1 => {
-                // Undo the partial step and run the rows alone, so one request whose
-                // steering overflows fails alone.
-                let mut out = Vec::new();
-                for &i in rows {
-                    let s = &mut self.active[i];
-                    let len = s.job.prompt.len() + s.decoder.generated().len() - 1;
-                    out.push(s.cache.truncate(len).and_then(|_| self.decode(&[i])));
-                }
-                return self.finish_rows(rows, out.into_iter().map(|r| r.map(|mut v| v.remove(0))));
-            }
-            Err(e) => return self.finish_rows(rows, std::iter::once(Err(e))),
-        };
-        self.finish_rows(rows, logits.into_iter().map(Ok));
-    }
-
-    /// Feeds each row's last token; returns each row's next-token logits.
-    fn decode(&mut self, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+    /// Runs `segs` in one pass; returns each one's next-token logits.
+    fn forward(&mut self, segs: &[Segment]) -> Result<Vec<Vec<f32>>> {
         let m = &self.lm.model;
-        let mut tokens = Vec::with_capacity(rows.len());
-        let mut deltas = Vec::with_capacity(rows.len());
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::new();
+        let mut lens = Vec::with_capacity(segs.len());
+        let mut deltas = Vec::with_capacity(segs.len());
+        let mut key = Vec::with_capacity(segs.len());
+        let mut caches: Vec<&mut KvCache> = Vec::with_capacity(segs.len());
+        let mut next = segs.iter().peekable();
         for (i, s) in self.active.iter_mut().enumerate() {
-            if rows.contains(&i) {
+            let Some(g) = next.next_if(|g| g.seq == i) else {
+                continue;
+            };
+            if s.generating() {
                 tokens.push(s.decoder.last_token().ok_or_else(|| {
                     Error::invalid("decode", "a generating sequence without a token")
                 })?);
                 deltas.push(&s.job.decode_deltas);
-                ids.push(s.id);
-                caches.push(&mut s.cache);
+                key.push((s.id, true));
+            } else {
+                tokens.extend_from_slice(&s.job.prompt[g.from..g.from + g.n]);
+                deltas.push(&s.job.prompt_deltas);
+                key.push((s.id, false));
             }
+            lens.push(g.n);
+            caches.push(&mut s.cache);
         }
         let steering = match &self.batch_steering {
-            Some((prev, st)) if *prev == ids => st.clone(),
+            Some((prev, st)) if *prev == key => st.clone(),
             _ => {
                 let st =
                     Steering::from_row_deltas(&deltas, m.hidden_size(), m.device(), m.dtype())?;
-                self.batch_steering = Some((ids, st.clone()));
+                self.batch_steering = Some((key, st.clone()));
                 st
             }
         };
-        let logits = m.decode_rows(&tokens, &mut caches, &steering)?;
+        let logits = m.forward_segments(&tokens, &lens, &mut caches, &steering)?;
         Ok(logits.to_vec2()?)
     }
 
@@ -526,22 +522,6 @@ impl Worker {
         }
         for i in drop.into_iter().rev() {
             self.active.remove(i);
-        }
-    }
-
-    /// Samples sequence i's next token from `logits` and reports it; false when the
-    /// sequence is over (finished, failed or cancelled).
-    fn emit(&mut self, i: usize, logits: &[f32]) -> bool {
-        let s = &mut self.active[i];
-        match s.decoder.push(&self.lm.tokenizer, logits) {
-            Ok(ev) => self.deliver(i, ev),
-            Err(e) => {
-                s.job.sink.send(Event::Failed {
-                    message: e.to_string(),
-                    internal: false,
-                });
-                false
-            }
         }
     }
 

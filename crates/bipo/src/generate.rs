@@ -140,9 +140,7 @@ pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
 
 /// `ln sum exp(x)` in f64: `x_i - log_sum_exp(x)` is entry i of [`log_softmax`].
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    max + sum.ln()
+    crate::kernels::simd::log_sum_exp(logits)
 }
 
 /// Index of the largest value (ties: the lowest index), as `top_k_indices(xs, 1)`.

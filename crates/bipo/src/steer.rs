@@ -166,6 +166,32 @@ impl Steering {
         Ok(Self { deltas, mask })
     }
 
+    /// Batch rows picked by index (`rows[r]` is the old row of new row r): per-row
+    /// deltas and the mask are gathered, shared deltas stay.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let idx = |t: &Tensor| Tensor::new(rows, t.device());
+        let deltas = self
+            .deltas
+            .iter()
+            .map(|(l, d)| {
+                Ok((
+                    *l,
+                    if d.rank() == 3 {
+                        d.index_select(&idx(d)?, 0)?
+                    } else {
+                        d.clone()
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mask = self
+            .mask
+            .as_ref()
+            .map(|m| m.index_select(&idx(m)?, 0))
+            .transpose()?;
+        Ok(Self { deltas, mask })
+    }
+
     /// Steering from ready-made delta tensors (e.g. a trainable `Var` times a sign).
     pub fn from_deltas(deltas: BTreeMap<usize, Tensor>) -> Self {
         Self { deltas, mask: None }

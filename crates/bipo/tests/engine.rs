@@ -1,5 +1,6 @@
-//! Continuous batching on the default model: a batched decode step equals each row's
-//! single-sequence forward bit for bit, chunked prefill equals one-shot prefill, and
+//! Continuous batching on the default model: a batched decode step, and a pass that
+//! mixes prompt chunks with decode rows, equal each sequence's single-sequence forward
+//! bit for bit, chunked prefill equals one-shot prefill, and
 //! the engine returns, for a mix of vectors, multipliers and position modes decoding
 //! together, exactly the tokens `generate` returns for each request alone.
 
@@ -96,6 +97,70 @@ fn a_batched_decode_step_equals_each_row_alone_bit_for_bit() {
             .map(|l| bipo::generate::top_k_indices(l, 1)[0] as u32)
             .collect();
     }
+}
+
+#[test]
+fn a_pass_of_prompt_chunks_and_decode_rows_equals_each_segment_alone_bit_for_bit() {
+    let lm = model();
+    let v = happy();
+    let h = lm.model.hidden_size();
+    let prompts = [
+        chat(&lm, "How was your day?"),
+        chat(&lm, "Name a colour."),
+        chat(&lm, "What is the capital of France? Answer in one word."),
+    ];
+    let rows: Vec<_> = [4.0f32, 0.0, -3.0]
+        .iter()
+        .map(|&m| deltas_of(&[(v.clone(), m)]))
+        .collect();
+    let single = |i: usize| {
+        Steering::from_row_deltas(&[&rows[i]], h, lm.model.device(), DType::F32).unwrap()
+    };
+    // Before the pass: sequence 0 holds its whole prompt and decodes its next token;
+    // sequence 1 holds nothing and prefills 5 tokens; sequence 2 holds 4 tokens and
+    // prefills the rest of its prompt.
+    let mut batch: Vec<KvCache> = (0..3).map(|_| KvCache::new(&lm.model)).collect();
+    let mut alone: Vec<KvCache> = (0..3).map(|_| KvCache::new(&lm.model)).collect();
+    let l0 = logits_of(&lm, &prompts[0], &mut batch[0], &single(0));
+    logits_of(&lm, &prompts[0], &mut alone[0], &single(0));
+    logits_of(&lm, &prompts[2][..4], &mut batch[2], &single(2));
+    logits_of(&lm, &prompts[2][..4], &mut alone[2], &single(2));
+    let next0 = bipo::generate::top_k_indices(&l0, 1)[0] as u32;
+    let segs: [Vec<u32>; 3] = [
+        vec![next0],
+        prompts[1][..5].to_vec(),
+        prompts[2][4..].to_vec(),
+    ];
+    let tokens: Vec<u32> = segs.concat();
+    let lens: Vec<usize> = segs.iter().map(|s| s.len()).collect();
+    let refs: Vec<_> = rows.iter().collect();
+    let st = Steering::from_row_deltas(&refs, h, lm.model.device(), DType::F32).unwrap();
+    let mut cs: Vec<&mut KvCache> = batch.iter_mut().collect();
+    let batched: Vec<Vec<f32>> = lm
+        .model
+        .forward_segments(&tokens, &lens, &mut cs, &st)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for i in 0..3 {
+        let a = logits_of(&lm, &segs[i], &mut alone[i], &single(i));
+        assert_eq!(batched[i], a, "segment {i} differs");
+        assert_eq!(batch[i].len(), alone[i].len());
+    }
+    // The caches hold the same keys: one more token each gives the same logits.
+    for i in 0..3 {
+        let t = bipo::generate::top_k_indices(&batched[i], 1)[0] as u32;
+        let a = logits_of(&lm, &[t], &mut alone[i], &single(i));
+        let b = logits_of(&lm, &[t], &mut batch[i], &single(i));
+        assert_eq!(a, b, "cache of segment {i} differs");
+    }
+    // Malformed segments are refused, not run.
+    let mut cs: Vec<&mut KvCache> = batch.iter_mut().collect();
+    let err = lm
+        .model
+        .forward_segments(&tokens, &[1, 2, 3], &mut cs, &st)
+        .unwrap_err();
+    assert!(err.to_string().contains("segments"), "{err}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd::{exp_in_place, sigmoid, sum, with_avx2};
+
 use crate::error::Result;
 use crate::util::contiguous_f32;
 
@@ -79,9 +81,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// `silu(gate) * up`.
 struct SwiGlu;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
+/// Elements per parallel task of the element-wise ops.
+const CHUNK: usize = 4096;
 
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
@@ -102,11 +103,19 @@ impl CustomOp2 for SwiGlu {
         if g.len() != u.len() {
             candle_core::bail!("fused-swiglu: shapes differ");
         }
-        let y: Vec<f32> = g
-            .par_iter()
-            .zip(u.par_iter())
-            .map(|(&g, &u)| g * sigmoid(g) * u)
-            .collect();
+        let mut y = vec![0f32; g.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(y, (g, u))| {
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+                            *y = g * sigmoid(g) * u;
+                        }
+                    },
+                )
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -118,14 +127,24 @@ impl CustomOp2 for SwiGlu {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (gs, us, dys) = (vec_of(g)?, vec_of(u)?, vec_of(dy)?);
-        let (dg, du): (Vec<f32>, Vec<f32>) = gs
-            .par_iter()
-            .zip(us.par_iter().zip(dys.par_iter()))
-            .map(|(&g, (&u, &dy))| {
-                let s = sigmoid(g);
-                (dy * u * s * (1.0 + g * (1.0 - s)), dy * g * s)
-            })
-            .unzip();
+        let (mut dg, mut du) = (vec![0f32; gs.len()], vec![0f32; gs.len()]);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(gs.par_chunks(CHUNK))
+            .zip(us.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+            .for_each(|(((dg, du), gs), (us, dys))| {
+                with_avx2(
+                    #[inline(always)]
+                    || {
+                        for i in 0..gs.len() {
+                            let (g, u, dy) = (gs[i], us[i], dys[i]);
+                            let s = sigmoid(g);
+                            dg[i] = dy * u * s * (1.0 + g * (1.0 - s));
+                            du[i] = dy * g * s;
+                        }
+                    },
+                )
+            });
         Ok((
             Some(Tensor::from_vec(dg, g.shape(), g.device())?),
             Some(Tensor::from_vec(du, u.shape(), u.device())?),
@@ -211,13 +230,16 @@ impl CustomOp1 for Softmax {
         let n = *l.shape().dims().last().unwrap_or(&1);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - m).exp();
-                sum += *y;
-            }
-            y.iter_mut().for_each(|y| *y /= sum);
+            with_avx2(
+                #[inline(always)]
+                || {
+                    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x - m);
+                    exp_in_place(y);
+                    let total = sum(y);
+                    y.iter_mut().for_each(|y| *y /= total);
+                },
+            )
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }

@@ -8,3 +8,4 @@ pub mod fused;
 pub mod ops;
 pub mod panels;
 pub mod quant;
+pub mod simd;

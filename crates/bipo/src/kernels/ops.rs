@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::simd;
 use crate::error::Result;
 use crate::util::contiguous_f32;
 
@@ -91,11 +92,9 @@ struct LogSoftmaxGather {
     targets: Vec<u32>,
 }
 
-/// Per row: (max, log-sum-exp) over the vocabulary.
+/// Per row: log-sum-exp over the vocabulary.
 fn row_lse(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    max + sum.ln() as f32
+    simd::log_sum_exp(row) as f32
 }
 
 impl CustomOp1 for LogSoftmaxGather {
@@ -130,9 +129,14 @@ impl CustomOp1 for LogSoftmaxGather {
             .zip(g.par_iter().zip(self.targets.par_iter()))
             .for_each(|((d, row), (&gi, &t))| {
                 let lse = row_lse(row);
-                for (di, &xi) in d.iter_mut().zip(row) {
-                    *di = -gi * (xi - lse).exp();
-                }
+                simd::with_avx2(
+                    #[inline(always)]
+                    || {
+                        for (di, &xi) in d.iter_mut().zip(row) {
+                            *di = -gi * simd::exp(xi - lse);
+                        }
+                    },
+                );
                 d[t as usize] += gi;
             });
         Ok(Some(Tensor::from_vec(dx, (n, v), x.device())?))

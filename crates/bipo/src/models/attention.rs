@@ -271,38 +271,53 @@ impl Attention {
 }
 
 impl Attention {
-    /// One decode step of independent sequences on the CPU f32 path: row i of xs
-    /// (b, 1, hidden) is one token at `positions[i]`, attending over `caches[i]`. The
+    /// One step of independent sequences on the CPU f32 path: the rows of xs
+    /// (T, 1, hidden) are segments one after another; segment i, `(pos, len)` =
+    /// `segs[i]`, is `len` tokens from position `pos`, attending over `caches[i]`. The
     /// projections run batched (each weight is streamed once for all rows); the
-    /// attention runs per row, rows in parallel.
-    pub fn forward_rows(
+    /// attention runs per segment, segments in parallel.
+    pub fn forward_segments(
         &self,
         xs: &Tensor,
-        positions: &[usize],
+        segs: &[(usize, usize)],
         (global, local): (&Rope, Option<&Rope>),
         caches: &mut [&mut LayerCache],
     ) -> Result<Tensor> {
         use rayon::prelude::*;
-        let b = xs.dim(0)?;
+        let rows = xs.dim(0)?;
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let rope = match (self.local_rope, local) {
             (true, Some(r)) => r,
             _ => global,
         };
-        let (mut q, mut k, v) = self.qkv_f32(xs)?; // (b, h*hd), (b, kvh*hd) x2
+        let (mut q, mut k, v) = self.qkv_f32(xs)?; // (T, h*hd), (T, kvh*hd) x2
         let norms = self.head_norms_f32()?;
-        let shape = self.cpu_shape(1, 1, rope, &norms);
-        let rows: Vec<Vec<f32>> = q
-            .par_chunks_mut(h * hd)
-            .zip(k.par_chunks_mut(kvh * hd))
-            .zip(v.par_chunks(kvh * hd))
+        // Each segment's rows of q, k and v, as disjoint slices.
+        let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut qr, mut kr, mut vr) = (q.as_mut_slice(), k.as_mut_slice(), v.as_slice());
+        for &(_, n) in segs {
+            let (a, rest) = std::mem::take(&mut qr).split_at_mut(n * h * hd);
+            qs.push(a);
+            qr = rest;
+            let (a, rest) = std::mem::take(&mut kr).split_at_mut(n * kvh * hd);
+            ks.push(a);
+            kr = rest;
+            let (a, rest) = vr.split_at(n * kvh * hd);
+            vs.push(a);
+            vr = rest;
+        }
+        let out: Vec<Vec<f32>> = qs
+            .into_par_iter()
+            .zip(ks.into_par_iter())
+            .zip(vs.into_par_iter())
             .zip(caches.par_iter_mut())
-            .zip(positions.par_iter())
-            .map(|((((q, k), v), c), &pos)| {
+            .zip(segs.par_iter())
+            .map(|((((q, k), v), c), &(pos, n))| {
+                let shape = self.cpu_shape(1, n, rope, &norms);
                 attention_cpu::attention(&shape, q, k, v, pos, &mut c.fast)
             })
             .collect();
-        let out = Tensor::from_vec(rows.concat(), (b, 1, h * hd), xs.device())?;
+        let out = Tensor::from_vec(out.concat(), (rows, 1, h * hd), xs.device())?;
         self.o_proj.forward(&out, Mode::Fast)
     }
 }

@@ -249,9 +249,7 @@ impl Mlp {
         let gate = self.gate_proj.forward(xs, mode)?;
         let up = self.up_proj.forward(xs, mode)?;
         let hidden = match (self.activation, mode) {
-            (Activation::Silu, Mode::Differentiable) if cpu_f32(xs) => {
-                crate::kernels::fused::swiglu(&gate, &up)?
-            }
+            (Activation::Silu, _) if cpu_f32(xs) => crate::kernels::fused::swiglu(&gate, &up)?,
             (Activation::Silu, Mode::Fast) => (candle_nn::Activation::Silu.forward(&gate)? * up)?,
             // silu(x) = x * sigmoid(x) from elementary ops (the fused op has no backward).
             (Activation::Silu, Mode::Differentiable) => {
@@ -289,17 +287,18 @@ impl Block {
         self.forward_with(xs, ctx.mode, |h| self.self_attn.forward(h, ctx, cache))
     }
 
-    /// One decode step of independent sequences: row i of xs (b, 1, hidden) is the
-    /// next token of the sequence cached in `caches[i]`, at position `positions[i]`.
-    pub fn forward_rows(
+    /// One step of independent sequences: the rows of xs (T, 1, hidden) are segments
+    /// one after another; segment i, `(pos, len)` = `segs[i]`, is the next `len` tokens
+    /// of the sequence cached in `caches[i]`, from position `pos`.
+    pub fn forward_segments(
         &self,
         xs: &Tensor,
-        positions: &[usize],
+        segs: &[(usize, usize)],
         ropes: (&Rope, Option<&Rope>),
         caches: &mut [&mut LayerCache],
     ) -> Result<Tensor> {
         self.forward_with(xs, Mode::Fast, |h| {
-            self.self_attn.forward_rows(h, positions, ropes, caches)
+            self.self_attn.forward_segments(h, segs, ropes, caches)
         })
     }
 

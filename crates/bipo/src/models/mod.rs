@@ -131,13 +131,14 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets every position from `len` on (undoes a step that failed part-way).
+    /// Forgets every position from `len` on, in every layer (which also undoes a step
+    /// that failed part-way: its first layers appended keys before the length moved).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if len >= self.len {
+        if len > self.len {
             return Ok(());
         }
         for c in &mut self.layers {
-            if c.candle.current_seq_len() > 0 {
+            if c.candle.current_seq_len() > len {
                 if len > 0 {
                     return Err(Error::invalid(
                         "KV cache",

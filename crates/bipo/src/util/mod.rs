@@ -94,3 +94,29 @@ pub(crate) fn contiguous_f32<'a>(
     };
     Ok(&v[a..b])
 }
+
+/// Environment variable that sets how long candle's own worker threads spin for new
+/// work before they park.
+pub const CANDLE_SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// The spin bipo gives candle's pool unless the user set one. candle's default (25,000)
+/// keeps its workers busy-waiting after every small tensor op, on the same cores as
+/// bipo's rayon kernels; on 2 threads that costs 10-35% (BENCHMARKS.md, 2026-11-29:
+/// prompt 826 -> 1111 tok/s, 64-row decode 659 -> 790, a BiPO step 1.40 -> 1.20 s).
+/// Parking at once (1) is slower for training's many small ops.
+pub const CANDLE_SPIN_DEFAULT: u32 = 200;
+
+/// Shortens candle's worker spin to [`CANDLE_SPIN_DEFAULT`] when the environment does
+/// not set it. candle reads it once, when its pool starts (the first parallel tensor
+/// op), so call this at program start, before any model is loaded; the binaries and
+/// the Python module do. Returns the value in force.
+pub fn tune_candle_pool() -> String {
+    match std::env::var(CANDLE_SPIN_ENV) {
+        Ok(v) => v,
+        Err(_) => {
+            // Process start, before any thread reads the environment.
+            std::env::set_var(CANDLE_SPIN_ENV, CANDLE_SPIN_DEFAULT.to_string());
+            CANDLE_SPIN_DEFAULT.to_string()
+        }
+    }
+}
