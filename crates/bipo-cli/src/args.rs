@@ -77,7 +77,7 @@ impl ModelArgs {
         let m = &lm.model;
         crate::verbose!(
             "model {}: {} ({}), {} layers, width {}, context {}, weights {}, device {}, \
-             {} threads, {:?} kernels, chat template: {}, loaded in {:.2} s",
+             {} threads (candle spin {}), {:?} kernels, chat template: {}, loaded in {:.2} s",
             lm.describe(),
             m.info.family,
             m.info.format,
@@ -87,6 +87,7 @@ impl ModelArgs {
             m.info.weights,
             self.device,
             rayon::current_num_threads(),
+            std::env::var(bipo::util::CANDLE_SPIN_ENV).unwrap_or_default(),
             bipo::kernels::quant::kernels(),
             if lm.chat_template.is_some() {
                 "yes"
