@@ -262,11 +262,10 @@ impl Seq {
     }
 }
 
-/// A sequence's part of one step: `n` tokens from position `from`.
+/// A sequence's part of one step: its next `n` tokens (from `Seq::cache_len`).
 struct Segment {
     /// Index into the active sequences.
     seq: usize,
-    from: usize,
     n: usize,
 }
 
@@ -390,13 +389,12 @@ impl Worker {
         let mut budget = self.cfg.prefill_chunk.max(1);
         let mut segs = Vec::new();
         for (i, s) in self.active.iter().enumerate() {
-            let (from, len) = (s.prefilled, s.job.prompt.len());
             if s.generating() {
-                segs.push(Segment { seq: i, from, n: 1 });
+                segs.push(Segment { seq: i, n: 1 });
             } else if budget > 0 {
-                let n = (len - from).min(budget);
+                let n = (s.job.prompt.len() - s.prefilled).min(budget);
                 budget -= n;
-                segs.push(Segment { seq: i, from, n });
+                segs.push(Segment { seq: i, n });
             }
         }
         if segs.is_empty() {
@@ -468,7 +466,7 @@ impl Worker {
                 deltas.push(&s.job.decode_deltas);
                 key.push((s.id, true));
             } else {
-                tokens.extend_from_slice(&s.job.prompt[g.from..g.from + g.n]);
+                tokens.extend_from_slice(&s.job.prompt[s.prefilled..s.prefilled + g.n]);
                 deltas.push(&s.job.prompt_deltas);
                 key.push((s.id, false));
             }

@@ -148,47 +148,23 @@ impl Steering {
     /// Batch row `i` of this steering alone (a batch of one): per-row deltas and the
     /// mask are narrowed to that row, shared deltas stay.
     pub fn row(&self, i: usize) -> Result<Self> {
-        let deltas = self
-            .deltas
-            .iter()
-            .map(|(l, d)| {
-                Ok((
-                    *l,
-                    if d.rank() == 3 {
-                        d.narrow(0, i, 1)?
-                    } else {
-                        d.clone()
-                    },
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let mask = self.mask.as_ref().map(|m| m.narrow(0, i, 1)).transpose()?;
-        Ok(Self { deltas, mask })
+        self.map_rows(|t| t.narrow(0, i, 1))
     }
 
     /// Batch rows picked by index (`rows[r]` is the old row of new row r): per-row
     /// deltas and the mask are gathered, shared deltas stay.
     pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
-        let idx = |t: &Tensor| Tensor::new(rows, t.device());
+        self.map_rows(|t| t.index_select(&Tensor::new(rows, t.device())?, 0))
+    }
+
+    /// `f` applied to the batch axis of the per-row deltas (rank 3) and of the mask.
+    fn map_rows(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> Result<Self> {
         let deltas = self
             .deltas
             .iter()
-            .map(|(l, d)| {
-                Ok((
-                    *l,
-                    if d.rank() == 3 {
-                        d.index_select(&idx(d)?, 0)?
-                    } else {
-                        d.clone()
-                    },
-                ))
-            })
+            .map(|(l, d)| Ok((*l, if d.rank() == 3 { f(d)? } else { d.clone() })))
             .collect::<Result<_>>()?;
-        let mask = self
-            .mask
-            .as_ref()
-            .map(|m| m.index_select(&idx(m)?, 0))
-            .transpose()?;
+        let mask = self.mask.as_ref().map(&f).transpose()?;
         Ok(Self { deltas, mask })
     }
 

@@ -109,14 +109,10 @@ pub const CANDLE_SPIN_DEFAULT: u32 = 200;
 /// Shortens candle's worker spin to [`CANDLE_SPIN_DEFAULT`] when the environment does
 /// not set it. candle reads it once, when its pool starts (the first parallel tensor
 /// op), so call this at program start, before any model is loaded; the binaries and
-/// the Python module do. Returns the value in force.
-pub fn tune_candle_pool() -> String {
-    match std::env::var(CANDLE_SPIN_ENV) {
-        Ok(v) => v,
-        Err(_) => {
-            // Process start, before any thread reads the environment.
-            std::env::set_var(CANDLE_SPIN_ENV, CANDLE_SPIN_DEFAULT.to_string());
-            CANDLE_SPIN_DEFAULT.to_string()
-        }
+/// the Python module do.
+pub fn tune_candle_pool() {
+    if std::env::var_os(CANDLE_SPIN_ENV).is_none() {
+        // Process start, before any thread reads the environment.
+        std::env::set_var(CANDLE_SPIN_ENV, CANDLE_SPIN_DEFAULT.to_string());
     }
 }
