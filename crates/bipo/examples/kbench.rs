@@ -1,12 +1,16 @@
 //! Quantized matmul throughput per weight type at decode (1 token), short-prompt (35)
 //! and prompt (128 tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run
 //! --release --example kbench` (RAYON_NUM_THREADS sets the threads;
-//! BIPO_KERNELS=avx2|scalar forces a slower kernel set).
+//! BIPO_KERNELS=avx2|scalar forces a slower kernel set; KBENCH_STREAM=1 [M=tokens]
+//! measures products whose weights stream from memory instead, as decode does).
 
 use bipo::kernels::quant::{Acts, QBlocks};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 fn main() {
+    if std::env::var_os("KBENCH_STREAM").is_some() {
+        return stream();
+    }
     let shapes = [
         (GgmlDType::Q4K, 8960usize, 1536usize),
         (GgmlDType::Q6K, 1536, 8960),
@@ -42,5 +46,45 @@ fn main() {
                 (m * n * k) as f64 / best / 1e9
             );
         }
+    }
+}
+
+/// Decode from memory rather than cache (`KBENCH_STREAM=1`, `M` tokens, default 1):
+/// Q4_K products over enough matrices (370 MB) to overflow the last-level cache, as
+/// GB/s of weights, beside a plain parallel read of as many bytes.
+fn stream() {
+    use rayon::prelude::*;
+    let (t, n, k, copies) = (GgmlDType::Q4K, 8960usize, 1536usize, 48);
+    let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &candle_core::Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, t).unwrap();
+    let ws: Vec<QBlocks> = (0..copies)
+        .map(|_| QBlocks::from_qtensor(&q).unwrap().unwrap())
+        .collect();
+    let bytes = (n * k) as f64 * 144.0 / 256.0 * copies as f64;
+    let m: usize = std::env::var("M")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+    let a = Acts::new(&x, k, ws[0].qtype().act_kind());
+    let plain: Vec<u64> = vec![1; bytes as usize / 8];
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        for w in &ws {
+            std::hint::black_box(w.matmul_quantized(&a, m));
+        }
+        let s = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let sum: u64 = plain
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().sum::<u64>())
+            .sum();
+        std::hint::black_box(sum);
+        let r = t1.elapsed().as_secs_f64();
+        println!(
+            "stream {t:?} {copies} x {n}x{k} m={m}: {:.1} GB/s of weights; plain read {:.1} GB/s",
+            bytes / s / 1e9,
+            bytes / r / 1e9
+        );
     }
 }

@@ -290,22 +290,12 @@ impl Attention {
             (true, Some(r)) => r,
             _ => global,
         };
-        let (mut q, mut k, v) = self.qkv_f32(xs)?; // (T, h*hd), (T, kvh*hd) x2
+        let (mut q, mut k, mut v) = self.qkv_f32(xs)?; // (T, h*hd), (T, kvh*hd) x2
         let norms = self.head_norms_f32()?;
         // Each segment's rows of q, k and v, as disjoint slices.
-        let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut qr, mut kr, mut vr) = (q.as_mut_slice(), k.as_mut_slice(), v.as_slice());
-        for &(_, n) in segs {
-            let (a, rest) = std::mem::take(&mut qr).split_at_mut(n * h * hd);
-            qs.push(a);
-            qr = rest;
-            let (a, rest) = std::mem::take(&mut kr).split_at_mut(n * kvh * hd);
-            ks.push(a);
-            kr = rest;
-            let (a, rest) = vr.split_at(n * kvh * hd);
-            vs.push(a);
-            vr = rest;
-        }
+        let qs = split_segments(&mut q, segs, h * hd);
+        let ks = split_segments(&mut k, segs, kvh * hd);
+        let vs = split_segments(&mut v, segs, kvh * hd);
         let out: Vec<Vec<f32>> = qs
             .into_par_iter()
             .zip(ks.into_par_iter())
@@ -314,12 +304,27 @@ impl Attention {
             .zip(segs.par_iter())
             .map(|((((q, k), v), c), &(pos, n))| {
                 let shape = self.cpu_shape(1, n, rope, &norms);
-                attention_cpu::attention(&shape, q, k, v, pos, &mut c.fast)
+                attention_cpu::attention(&shape, q, k, &*v, pos, &mut c.fast)
             })
             .collect();
         let out = Tensor::from_vec(out.concat(), (rows, 1, h * hd), xs.device())?;
         self.o_proj.forward(&out, Mode::Fast)
     }
+}
+
+/// `x` (rows of `width` values) cut into consecutive segments of `segs[i].1` rows.
+fn split_segments<'a>(
+    mut x: &'a mut [f32],
+    segs: &[(usize, usize)],
+    width: usize,
+) -> Vec<&'a mut [f32]> {
+    segs.iter()
+        .map(|&(_, n)| {
+            let (a, rest) = std::mem::take(&mut x).split_at_mut(n * width);
+            x = rest;
+            a
+        })
+        .collect()
 }
 
 /// One layer's KV cache: f32 for the fused CPU path, candle tensors otherwise.

@@ -338,6 +338,14 @@ unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::
     }
 }
 
+/// Fewest tokens for the 512-bit pair kernels; fewer (decode) take the 256-bit ones.
+/// With 1-3 tokens the weights stream from memory faster than the kernels use them,
+/// and one read stream per thread (one row group at a time) beats two (a pair's tiles
+/// lie one group apart): from memory, 1.5x the GB/s at 1 token and 1.1x at 2, equal
+/// at 4 (`KBENCH_STREAM=1 M=1 cargo run --release --example kbench`); decode on real
+/// checkpoints gained 20-45% (BENCHMARKS.md). In cache the pairs stay faster.
+const PAIRS_FROM: usize = 4;
+
 /// Pairs of row groups on 512-bit vectors ([`wide`]), 8 tokens per tile, then the
 /// remaining 1-7 in one tile; an odd last group on 256-bit ones (4 tokens per tile).
 /// 8 tokens: measured against 2, 4, 6, 12 and 16 (examples/kbench.rs, Q4_K prompt
@@ -349,6 +357,9 @@ unsafe fn store8(y: OutPtr, n: usize, i: usize, g: usize, v: std::arch::x86_64::
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512f,avx512bw")]
 unsafe fn groups_vnni(w: &QBlocks, a: &Acts, gs: std::ops::Range<usize>, y: OutPtr, m: usize) {
+    if m < PAIRS_FROM {
+        return groups_with::<x86::Vnni, 4>(w, a, gs, y, m);
+    }
     let mut g = gs.start;
     while g + 2 <= gs.end {
         let mut i = 0;

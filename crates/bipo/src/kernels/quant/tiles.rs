@@ -7,20 +7,24 @@
 //!
 //! Within a tile, a block's 32 values per row are spread over 4 "nibble vectors" of 32
 //! bytes: vector v, byte 4r + k holds row r's value 4v + k in its low nibble and value
-//! 16 + 4v + k in its high nibble. Fifth and sixth bits sit in bit masks (bit 4r + k
-//! of a u32) per vector: [lo4, hi4] (5-bit types) or [lo4, lo5, hi4, hi5] (Q6_K).
+//! 16 + 4v + k in its high nibble. The high bits sit in the same byte positions, so
+//! that one shift and one mask per nibble vector put them in place: the 5-bit types
+//! keep one "bit vector" per block, whose byte 4r + k holds at bit v the fifth bit of
+//! row r's value 4v + k and at bit 4 + v that of value 16 + 4v + k (v = 0..3); Q6_K
+//! keeps two "crumb vectors" per block, whose byte 4r + k holds at bits 2v..2v+1 bits
+//! 4-5 of value 4v + k (the first) or 16 + 4v + k (the second).
 //! Q8_0 uses 8 vectors of bytes (vector g, byte 4r + k = value 4g + k).
 //!
 //! | type | tile bytes | contents |
 //! | --- | --- | --- |
 //! | Q4_0 | 144 | d[8] f16, 4 nibble vectors |
 //! | Q4_1 | 160 | d[8], m[8] f16, 4 nibble vectors |
-//! | Q5_0 | 176 | d[8], 4 nibble vectors, 4 x [lo4, hi4] masks |
-//! | Q5_1 | 192 | d[8], m[8], nibbles, masks |
+//! | Q5_0 | 176 | d[8], 4 nibble vectors, a bit vector |
+//! | Q5_1 | 192 | d[8], m[8], nibbles, a bit vector |
 //! | Q8_0 | 272 | d[8], 8 byte vectors |
 //! | Q4_K | 1184 | d[8], dmin[8] f16, scales[8 sub][8 rows], mins[8][8] u8, 8 x 4 nibble vectors |
-//! | Q5_K | 1440 | Q4_K's, then 8 x 4 x [lo4, hi4] masks |
-//! | Q6_K | 1680 | d[8] f16, scales[16 sub][8 rows] i8, 8 x 4 nibble vectors, 8 x 4 x [lo4, lo5, hi4, hi5] |
+//! | Q5_K | 1440 | Q4_K's, then 8 bit vectors |
+//! | Q6_K | 1680 | d[8] f16, scales[16 sub][8 rows] i8, 8 x 4 nibble vectors, 8 x 2 crumb vectors |
 
 use super::blocks::{k4_ints, q6k_ints, scale_min_k4, small_block_ints, QType};
 
@@ -41,7 +45,7 @@ pub fn tile_bytes(t: QType) -> usize {
     }
 }
 
-/// Offsets inside a small-block tile: (nibbles, masks).
+/// Offsets inside a small-block tile: (nibbles, high bits).
 fn small_offsets(t: QType) -> (usize, usize) {
     match t {
         QType::Q4_0 | QType::Q5_0 => (16, 144),
@@ -49,60 +53,46 @@ fn small_offsets(t: QType) -> (usize, usize) {
     }
 }
 
-/// Writes 32 values per row (low 4 bits, then bit 4 and 5 into masks) of 8 rows.
-/// `vals[r][j]`; `masks`: 0 (none), 2 ([lo4, hi4]) or 4 ([lo4, lo5, hi4, hi5]) per vector.
-fn put_nibbles(vals: &[[i32; 32]; ROWS], qs: &mut [u8], masks: &mut [u8], per_vec: usize) {
+/// Writes 32 values per row of 8 rows: low 4 bits into nibble vectors, then bit 4
+/// into the bit vector (`per_vec` 2) or bits 4-5 into the two crumb vectors
+/// (`per_vec` 4, Q6_K) at `high`; `per_vec` 0: none. `vals[r][j]`.
+fn put_nibbles(vals: &[[i32; 32]; ROWS], qs: &mut [u8], high: &mut [u8], per_vec: usize) {
+    high[..16 * per_vec].iter_mut().for_each(|b| *b = 0);
     for v in 0..4 {
-        let mut bits = [0u32; 4];
         for (r, row) in vals.iter().enumerate() {
             for k in 0..4 {
                 let p = 4 * r + k;
                 let (lo, hi) = (row[4 * v + k], row[16 + 4 * v + k]);
                 qs[32 * v + p] = ((lo & 0xF) | ((hi & 0xF) << 4)) as u8;
-                let bit = |x: i32, b: i32| ((x >> b) & 1) as u32;
                 match per_vec {
-                    2 => {
-                        bits[0] |= bit(lo, 4) << p;
-                        bits[1] |= bit(hi, 4) << p;
-                    }
+                    2 => high[p] |= ((((lo >> 4) & 1) << v) | (((hi >> 4) & 1) << (4 + v))) as u8,
                     4 => {
-                        bits[0] |= bit(lo, 4) << p;
-                        bits[1] |= bit(lo, 5) << p;
-                        bits[2] |= bit(hi, 4) << p;
-                        bits[3] |= bit(hi, 5) << p;
+                        high[p] |= (((lo >> 4) & 3) << (2 * v)) as u8;
+                        high[32 + p] |= (((hi >> 4) & 3) << (2 * v)) as u8;
                     }
                     _ => {}
                 }
             }
         }
-        for (i, b) in bits.iter().take(per_vec).enumerate() {
-            let at = 4 * (per_vec * v + i);
-            masks[at..at + 4].copy_from_slice(&b.to_le_bytes());
-        }
     }
 }
 
 /// Reads back what [`put_nibbles`] wrote.
-fn get_nibbles(qs: &[u8], masks: &[u8], per_vec: usize, r: usize) -> [i32; 32] {
+fn get_nibbles(qs: &[u8], high: &[u8], per_vec: usize, r: usize) -> [i32; 32] {
     let mut out = [0i32; 32];
     for v in 0..4 {
-        let bit = |i: usize, p: usize| -> i32 {
-            let at = 4 * (per_vec * v + i);
-            let m = u32::from_le_bytes([masks[at], masks[at + 1], masks[at + 2], masks[at + 3]]);
-            ((m >> p) & 1) as i32
-        };
         for k in 0..4 {
             let p = 4 * r + k;
             let byte = qs[32 * v + p];
             let (mut lo, mut hi) = ((byte & 0xF) as i32, (byte >> 4) as i32);
             match per_vec {
                 2 => {
-                    lo |= bit(0, p) << 4;
-                    hi |= bit(1, p) << 4;
+                    lo |= ((high[p] as i32 >> v) & 1) << 4;
+                    hi |= ((high[p] as i32 >> (4 + v)) & 1) << 4;
                 }
                 4 => {
-                    lo |= (bit(0, p) << 4) | (bit(1, p) << 5);
-                    hi |= (bit(2, p) << 4) | (bit(3, p) << 5);
+                    lo |= ((high[p] as i32 >> (2 * v)) & 3) << 4;
+                    hi |= ((high[32 + p] as i32 >> (2 * v)) & 3) << 4;
                 }
                 _ => {}
             }
@@ -133,8 +123,8 @@ pub fn pack(t: QType, rows: &[&[u8]; ROWS], out: &mut [u8]) {
             } else {
                 0
             };
-            let (qs, masks) = out.split_at_mut(m_at);
-            put_nibbles(&vals, &mut qs[q_at..], masks, per_vec);
+            let (qs, high) = out.split_at_mut(m_at);
+            put_nibbles(&vals, &mut qs[q_at..], high, per_vec);
         }
         QType::Q8_0 => {
             for r in 0..ROWS {
@@ -159,12 +149,12 @@ pub fn pack(t: QType, rows: &[&[u8]; ROWS], out: &mut [u8]) {
                 k4_ints(t, rows[r], &mut vals[r]);
             }
             let per_vec = if t == QType::Q5K { 2 } else { 0 };
-            let (qs, masks) = out.split_at_mut(1184);
+            let (qs, high) = out.split_at_mut(1184);
             for j in 0..8 {
                 let sub: [[i32; 32]; ROWS] =
                     std::array::from_fn(|r| std::array::from_fn(|l| vals[r][32 * j + l]));
                 let m = if per_vec > 0 {
-                    &mut masks[32 * j..32 * j + 32]
+                    &mut high[32 * j..32 * j + 32]
                 } else {
                     &mut [][..]
                 };
@@ -181,14 +171,14 @@ pub fn pack(t: QType, rows: &[&[u8]; ROWS], out: &mut [u8]) {
                 q6k_ints(rows[r], &mut vals[r]);
                 vals[r].iter_mut().for_each(|v| *v += 32);
             }
-            let (qs, masks) = out.split_at_mut(144 + 1024);
+            let (qs, high) = out.split_at_mut(144 + 1024);
             for g in 0..8 {
                 let sub: [[i32; 32]; ROWS] =
                     std::array::from_fn(|r| std::array::from_fn(|l| vals[r][32 * g + l]));
                 put_nibbles(
                     &sub,
                     &mut qs[144 + 128 * g..],
-                    &mut masks[64 * g..64 * g + 64],
+                    &mut high[64 * g..64 * g + 64],
                     4,
                 );
             }
@@ -303,10 +293,10 @@ pub fn unpack(t: QType, tile: &[u8], r: usize, out: &mut [u8]) {
 /// values exactly as ggml's dequantization computes them.
 pub fn dequantize(t: QType, tile: &[u8], rows: usize, out: &mut [f32], stride: usize) {
     let h = |i: usize| half::f16::from_le_bytes([tile[i], tile[i + 1]]).to_f32();
-    // Integer values of one 32-value block of row r from nibble vectors + masks.
+    // Integer values of one 32-value block of row r from nibble vectors + high bits.
     let ints = |q_at: usize, m_at: usize, per_vec: usize, r: usize| -> [i32; 32] {
-        let masks = if per_vec > 0 { &tile[m_at..] } else { &[][..] };
-        get_nibbles(&tile[q_at..], masks, per_vec, r)
+        let high = if per_vec > 0 { &tile[m_at..] } else { &[][..] };
+        get_nibbles(&tile[q_at..], high, per_vec, r)
     };
     match t {
         QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q5_1 => {

@@ -43,20 +43,33 @@ unsafe fn bytes2(p: *const u8, q: *const u8, signed: bool) -> __m512 {
     _mm512_cvtepi32_ps(w)
 }
 
-/// The u32 bit mask `i` of each tile as one 64-lane mask (g's bits in lanes 0..31).
-#[inline(always)]
-unsafe fn bits2(p: *const u8, q: *const u8, i: usize) -> __mmask64 {
-    let lo = (p as *const u32).add(i).read_unaligned() as u64;
-    let hi = (q as *const u32).add(i).read_unaligned() as u64;
-    lo | (hi << 32)
-}
-
 #[inline(always)]
 unsafe fn prefetch2(p: *const u8, q: *const u8, lines: usize) {
     for l in 0..lines {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(64 * l) as *const i8);
     }
+}
+
+/// `x` shifted left by `s` bits (right by -s) in 16-bit lanes (see `x86::shift`).
+#[inline(always)]
+unsafe fn shift2(x: __m512i, s: i32) -> __m512i {
+    match s {
+        4 => _mm512_slli_epi16::<4>(x),
+        3 => _mm512_slli_epi16::<3>(x),
+        2 => _mm512_slli_epi16::<2>(x),
+        1 => _mm512_slli_epi16::<1>(x),
+        0 => x,
+        -1 => _mm512_srli_epi16::<1>(x),
+        -2 => _mm512_srli_epi16::<2>(x),
+        _ => _mm512_srli_epi16::<3>(x),
+    }
+}
+
+/// `(a & b) | c` in one instruction.
+#[inline(always)]
+unsafe fn and_or(a: __m512i, b: __m512i, c: __m512i) -> __m512i {
+    _mm512_ternarylogic_epi32::<0xEA>(a, b, c)
 }
 
 /// The 4 nibble vectors of one block of both tiles (see `x86::unpack`).
@@ -69,23 +82,26 @@ unsafe fn unpack2(
     per_vec: usize,
 ) -> ([__m512i; 4], [__m512i; 4]) {
     let m4 = _mm512_set1_epi8(0x0F);
-    let (b4, b5) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(0x20));
+    let (b4, b45) = (_mm512_set1_epi8(0x10), _mm512_set1_epi8(0x30));
     let mut lo = [_mm512_setzero_si512(); 4];
     let mut hi = [_mm512_setzero_si512(); 4];
     let (pm, qm) = (p.add(ms), q.add(ms));
+    let (cl, ch) = match per_vec {
+        2 => (ld2(pm, qm), _mm512_setzero_si512()),
+        4 => (ld2(pm, qm), ld2(pm.add(32), qm.add(32))),
+        _ => (_mm512_setzero_si512(), _mm512_setzero_si512()),
+    };
     for v in 0..4 {
         let x = ld2(p.add(qs + 32 * v), q.add(qs + 32 * v));
         lo[v] = _mm512_and_si512(x, m4);
         hi[v] = _mm512_and_si512(_mm512_srli_epi16::<4>(x), m4);
-        // Bits 4 (and 5) are clear after the nibble mask: adding sets them.
+        let s = v as i32;
         if per_vec == 2 {
-            lo[v] = _mm512_mask_add_epi8(lo[v], bits2(pm, qm, 2 * v), lo[v], b4);
-            hi[v] = _mm512_mask_add_epi8(hi[v], bits2(pm, qm, 2 * v + 1), hi[v], b4);
+            lo[v] = and_or(shift2(cl, 4 - s), b4, lo[v]);
+            hi[v] = and_or(shift2(cl, -s), b4, hi[v]);
         } else if per_vec == 4 {
-            lo[v] = _mm512_mask_add_epi8(lo[v], bits2(pm, qm, 4 * v), lo[v], b4);
-            lo[v] = _mm512_mask_add_epi8(lo[v], bits2(pm, qm, 4 * v + 1), lo[v], b5);
-            hi[v] = _mm512_mask_add_epi8(hi[v], bits2(pm, qm, 4 * v + 2), hi[v], b4);
-            hi[v] = _mm512_mask_add_epi8(hi[v], bits2(pm, qm, 4 * v + 3), hi[v], b5);
+            lo[v] = and_or(shift2(cl, 4 - 2 * s), b45, lo[v]);
+            hi[v] = and_or(shift2(ch, 4 - 2 * s), b45, hi[v]);
         }
     }
     (lo, hi)

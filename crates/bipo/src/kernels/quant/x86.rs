@@ -20,8 +20,6 @@ pub trait Isa {
     const BIASED_Q8: bool;
     /// acc + per-lane sums of 4 u8 x i8 products.
     unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
-    /// 0xFF in byte p where bit p of `m` is set.
-    unsafe fn bits(m: u32) -> __m256i;
 }
 
 /// AVX2: `vpmaddubsw` then `vpmaddwd`.
@@ -36,20 +34,6 @@ impl Isa for Avx2 {
         let p = _mm256_maddubs_epi16(u, s);
         _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
     }
-    #[inline(always)]
-    unsafe fn bits(m: u32) -> __m256i {
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(m as i32),
-            _mm256_set_epi64x(
-                0x0303030303030303,
-                0x0202020202020202,
-                0x0101010101010101,
-                0x0000000000000000,
-            ),
-        );
-        let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
-        _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
-    }
 }
 
 impl Isa for Vnni {
@@ -57,10 +41,6 @@ impl Isa for Vnni {
     #[inline(always)]
     unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
-    }
-    #[inline(always)]
-    unsafe fn bits(m: u32) -> __m256i {
-        _mm256_movm_epi8(m)
     }
 }
 
@@ -96,42 +76,54 @@ unsafe fn bytes_f32(p: *const u8, signed: bool) -> __m256 {
     _mm256_cvtepi32_ps(w)
 }
 
+/// `x` shifted left by `s` bits (right by -s) in 16-bit lanes; every caller masks the
+/// result to bits that came from the same byte.
 #[inline(always)]
-unsafe fn mask_at(p: *const u8, i: usize) -> u32 {
-    (p as *const u32).add(i).read_unaligned()
+unsafe fn shift(x: __m256i, s: i32) -> __m256i {
+    match s {
+        4 => _mm256_slli_epi16::<4>(x),
+        3 => _mm256_slli_epi16::<3>(x),
+        2 => _mm256_slli_epi16::<2>(x),
+        1 => _mm256_slli_epi16::<1>(x),
+        0 => x,
+        -1 => _mm256_srli_epi16::<1>(x),
+        -2 => _mm256_srli_epi16::<2>(x),
+        _ => _mm256_srli_epi16::<3>(x),
+    }
 }
 
 /// The 4 nibble vectors of one block at `q` as (values 4v.., values 16+4v..), with bit 4
-/// (and 5) from the masks at `m` (`per_vec` u32 per vector: 0, 2 or 4).
+/// from the bit vector at `m` (`per_vec` 2) or bits 4-5 from the two crumb vectors at
+/// `m` (`per_vec` 4); `per_vec` 0: none (see `tiles`).
 #[inline(always)]
-unsafe fn unpack<I: Isa>(
-    q: *const u8,
-    m: *const u8,
-    per_vec: usize,
-) -> ([__m256i; 4], [__m256i; 4]) {
+unsafe fn unpack(q: *const u8, m: *const u8, per_vec: usize) -> ([__m256i; 4], [__m256i; 4]) {
     let m4 = _mm256_set1_epi8(0x0F);
-    let (b4, b5) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(0x20));
+    let (b4, b45) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(0x30));
     let mut lo = [_mm256_setzero_si256(); 4];
     let mut hi = [_mm256_setzero_si256(); 4];
+    let (cl, ch) = match per_vec {
+        2 => (ld(m), _mm256_setzero_si256()),
+        4 => (ld(m), ld(m.add(32))),
+        _ => (_mm256_setzero_si256(), _mm256_setzero_si256()),
+    };
     for v in 0..4 {
         let x = ld(q.add(32 * v));
-        lo[v] = _mm256_and_si256(x, m4);
-        hi[v] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-        if per_vec == 2 {
-            lo[v] = _mm256_or_si256(lo[v], _mm256_and_si256(I::bits(mask_at(m, 2 * v)), b4));
-            hi[v] = _mm256_or_si256(hi[v], _mm256_and_si256(I::bits(mask_at(m, 2 * v + 1)), b4));
-        } else if per_vec == 4 {
-            let l = _mm256_or_si256(
-                _mm256_and_si256(I::bits(mask_at(m, 4 * v)), b4),
-                _mm256_and_si256(I::bits(mask_at(m, 4 * v + 1)), b5),
-            );
-            let h = _mm256_or_si256(
-                _mm256_and_si256(I::bits(mask_at(m, 4 * v + 2)), b4),
-                _mm256_and_si256(I::bits(mask_at(m, 4 * v + 3)), b5),
-            );
-            lo[v] = _mm256_or_si256(lo[v], l);
-            hi[v] = _mm256_or_si256(hi[v], h);
-        }
+        let s = v as i32;
+        // The high bits to bit 4 (bit v / 4 + v of the bit vector) or to bits 4-5
+        // (bits 2v..2v+1 of each crumb vector).
+        let (bl, bh) = match per_vec {
+            2 => (
+                _mm256_and_si256(shift(cl, 4 - s), b4),
+                _mm256_and_si256(shift(cl, -s), b4),
+            ),
+            4 => (
+                _mm256_and_si256(shift(cl, 4 - 2 * s), b45),
+                _mm256_and_si256(shift(ch, 4 - 2 * s), b45),
+            ),
+            _ => (_mm256_setzero_si256(), _mm256_setzero_si256()),
+        };
+        lo[v] = _mm256_or_si256(_mm256_and_si256(x, m4), bl);
+        hi[v] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), bh);
     }
     (lo, hi)
 }
@@ -202,7 +194,7 @@ unsafe fn small<I: Isa, const T: usize, const K: u8>(
             2 => _mm256_mul_ps(d, _mm256_set1_ps(-16.0)),
             _ => halves(p.add(16)),
         };
-        let (lo, hi) = unpack::<I>(p.add(q_at), p.add(m_at), per_vec);
+        let (lo, hi) = unpack(p.add(q_at), p.add(m_at), per_vec);
         for k in 0..T {
             let i = (t0 + k) * blk + b;
             let (s0, s1) = block_dot::<I>(&lo, &hi, ys[k].add(32 * b) as *const i32);
@@ -275,7 +267,7 @@ unsafe fn k4<I: Isa, const T: usize, const H: bool>(
             prefetch(p.wrapping_add(tb + 192 * j), 3);
             let sc = _mm256_mul_ps(d, bytes_f32(p.add(32 + 8 * j), false));
             let mn = _mm256_mul_ps(dmin, bytes_f32(p.add(96 + 8 * j), false));
-            let (lo, hi) = unpack::<I>(
+            let (lo, hi) = unpack(
                 p.add(160 + 128 * j),
                 p.add(1184 + 32 * j),
                 if H { 2 } else { 0 },
@@ -309,7 +301,7 @@ unsafe fn q6k<I: Isa, const T: usize>(tiles: &[u8], a: &Acts, t0: usize) -> [__m
             let sl = _mm256_mul_ps(d, bytes_f32(p.add(16 + 16 * g), true));
             let sh = _mm256_mul_ps(d, bytes_f32(p.add(24 + 16 * g), true));
             let (zl, zh) = (_mm256_mul_ps(sl, c32), _mm256_mul_ps(sh, c32));
-            let (lo, hi) = unpack::<I>(p.add(144 + 128 * g), p.add(1168 + 64 * g), 4);
+            let (lo, hi) = unpack(p.add(144 + 128 * g), p.add(1168 + 64 * g), 4);
             for k in 0..T {
                 let i = (t0 + k) * blk + 8 * sb + g;
                 let i16_ = (t0 + k) * b16 + 16 * sb + 2 * g;
@@ -404,7 +396,7 @@ pub unsafe fn dequantize_tile(t: QType, tile: &[u8], out: &mut [f32], stride: us
                 QType::Q4_1 => (32, 160, 0, 0),
                 _ => (32, 160, 2, 0),
             };
-            let (lo, hi) = unpack::<Avx2>(p.add(q_at), p.add(m_at), per_vec);
+            let (lo, hi) = unpack(p.add(q_at), p.add(m_at), per_vec);
             let d = halves(p);
             let m = matches!(t, QType::Q4_1 | QType::Q5_1).then(|| halves(p.add(16)));
             emit(&spill(&lo, &hi), false, zero, (d, d), m, o, stride);
@@ -422,7 +414,7 @@ pub unsafe fn dequantize_tile(t: QType, tile: &[u8], out: &mut [f32], stride: us
         QType::Q4K | QType::Q5K => {
             let (d, dmin) = (halves(p), halves(p.add(16)));
             for j in 0..8 {
-                let (lo, hi) = unpack::<Avx2>(
+                let (lo, hi) = unpack(
                     p.add(160 + 128 * j),
                     p.add(1184 + 32 * j),
                     if t == QType::Q5K { 2 } else { 0 },
@@ -444,7 +436,7 @@ pub unsafe fn dequantize_tile(t: QType, tile: &[u8], out: &mut [f32], stride: us
         QType::Q6K => {
             let d = halves(p);
             for g in 0..8 {
-                let (lo, hi) = unpack::<Avx2>(p.add(144 + 128 * g), p.add(1168 + 64 * g), 4);
+                let (lo, hi) = unpack(p.add(144 + 128 * g), p.add(1168 + 64 * g), 4);
                 let sl = _mm256_mul_ps(d, bytes_f32(p.add(16 + 16 * g), true));
                 let sh = _mm256_mul_ps(d, bytes_f32(p.add(24 + 16 * g), true));
                 emit(
