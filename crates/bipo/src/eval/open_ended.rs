@@ -113,30 +113,213 @@ pub fn judge_all(
     Ok(())
 }
 
+/// How well the judge tells the behaviour apart, measured on the data's own answers:
+/// each held-out question's matching and opposite answers are scored with the rubric,
+/// whose examples come from the *next* question (so the answer under test is never
+/// the rubric's own example). A judge that cannot order these cannot score steering.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// Questions whose two answers both got a score.
+    pub questions: usize,
+    /// Mean score of the matching answers (should be near 4).
+    pub matching_mean: f64,
+    /// Mean score of the opposite answers (should be near 1).
+    pub opposite_mean: f64,
+    /// Share of questions where the matching answer scored higher.
+    pub ordered: f64,
+    /// Share where both scored the same.
+    pub tied: f64,
+    /// Replies that held no score.
+    pub unparsed: usize,
+}
+
+/// Scores the data's matching and opposite answers (see [`Calibration`]); needs at
+/// least two questions (None otherwise).
+pub fn calibrate(
+    judge: &Judge,
+    behaviour: &str,
+    questions: &[Question],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Option<Calibration>> {
+    let n = questions.len();
+    if n < 2 {
+        return Ok(None);
+    }
+    let (mut sm, mut so, mut ordered, mut tied, mut k, mut unparsed) = (0.0, 0.0, 0, 0, 0, 0);
+    for (i, q) in questions.iter().enumerate() {
+        let ex = &questions[(i + 1) % n];
+        let mut score = |answer: &str| -> Result<Option<u8>> {
+            let v = judge.score(&rubric(
+                behaviour,
+                &q.question,
+                answer,
+                &ex.matching,
+                &ex.opposite,
+            ))?;
+            unparsed += v.score.is_none() as usize;
+            Ok(v.score)
+        };
+        let (m, o) = (score(&q.matching)?, score(&q.opposite)?);
+        progress(i + 1, n);
+        let (Some(m), Some(o)) = (m, o) else { continue };
+        k += 1;
+        sm += m as f64;
+        so += o as f64;
+        ordered += (m > o) as usize;
+        tied += (m == o) as usize;
+    }
+    let kf = k.max(1) as f64;
+    Ok(Some(Calibration {
+        questions: k,
+        matching_mean: sm / kf,
+        opposite_mean: so / kf,
+        ordered: ordered as f64 / kf,
+        tied: tied as f64 / kf,
+        unparsed,
+    }))
+}
+
 /// Mean judge score per vector and multiplier (unparsed replies left out), as JSON.
 pub fn score_summary(answers: &[Answer]) -> serde_json::Value {
-    let mut acc: BTreeMap<String, BTreeMap<String, (f64, usize)>> = BTreeMap::new();
+    score_stat(answers, mean)
+}
+
+/// [`score_summary`] and [`score_stderr`] over the answers without a refusal string
+/// only (after refusals were counted), with how many there were: a judge may score a
+/// refusal as "the opposite behaviour", which is not the persona shift it is asked about.
+pub fn score_summary_answered(answers: &[Answer]) -> serde_json::Value {
+    let answered: Vec<Answer> = answers
+        .iter()
+        .filter(|a| a.refusal == Some(false))
+        .cloned()
+        .collect();
+    serde_json::json!({
+        "mean_score": score_summary(&answered),
+        "score_stderr": score_stderr(&answered),
+        "answers": score_stat(&answered, |s| s.len() as f64),
+    })
+}
+
+fn mean(s: &[f64]) -> f64 {
+    s.iter().sum::<f64>() / s.len() as f64
+}
+
+/// Standard error of [`score_summary`]'s means (sample std / sqrt(n); 0 for one score).
+pub fn score_stderr(answers: &[Answer]) -> serde_json::Value {
+    score_stat(answers, |s| {
+        let n = s.len() as f64;
+        if s.len() < 2 {
+            return 0.0;
+        }
+        let mean = s.iter().sum::<f64>() / n;
+        let var = s.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
+        (var / n).sqrt()
+    })
+}
+
+/// `stat` of the scores per vector and multiplier, as JSON {vector: {multiplier: x}}.
+fn score_stat(answers: &[Answer], stat: impl Fn(&[f64]) -> f64) -> serde_json::Value {
+    let mut acc: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     for a in answers {
         if let Some(s) = a.score {
-            let e = acc
-                .entry(a.vector.clone())
+            acc.entry(a.vector.clone())
                 .or_default()
                 .entry(a.multiplier.to_string())
-                .or_default();
-            e.0 += s as f64;
-            e.1 += 1;
+                .or_default()
+                .push(s as f64);
         }
     }
-    serde_json::to_value(
-        acc.into_iter()
-            .map(|(v, per)| {
-                let per: BTreeMap<String, f64> = per
-                    .into_iter()
-                    .map(|(m, (s, n))| (m, s / n as f64))
-                    .collect();
-                (v, per)
-            })
-            .collect::<BTreeMap<_, _>>(),
-    )
-    .expect("scores serialise")
+    let per: BTreeMap<String, BTreeMap<String, f64>> = acc
+        .into_iter()
+        .map(|(v, per)| (v, per.into_iter().map(|(m, s)| (m, stat(&s))).collect()))
+        .collect();
+    serde_json::to_value(per).expect("scores serialise")
+}
+
+/// The judge's part of the open-ended summary as Markdown: mean score (± standard
+/// error, when given) per vector (rows, in `order` first) and multiplier (columns);
+/// the same over answers without a refusal when refusals were counted; then the
+/// calibration line.
+pub fn judge_markdown(judge: &serde_json::Value, order: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let model = judge.get("model").and_then(|m| m.as_str()).unwrap_or("?");
+    let mut s = format!("\n## Judge scores (1-4, mean ± s.e.; judge: {model})\n");
+    s += &score_table(judge, order, None);
+    if let Some(a) = judge.get("answered") {
+        s += "\nOver the answers without a refusal string only (their number in brackets):\n";
+        s += &score_table(a, order, a.get("answers"));
+    }
+    if let Some(c) = judge
+        .get("calibration")
+        .and_then(|c| serde_json::from_value::<Calibration>(c.clone()).ok())
+    {
+        let _ = writeln!(
+            s,
+            "\nCalibration on the data's own answers ({} questions): matching {:.2}, \
+             opposite {:.2}; matching scored higher on {:.0}%, tied on {:.0}%.",
+            c.questions,
+            c.matching_mean,
+            c.opposite_mean,
+            100.0 * c.ordered,
+            100.0 * c.tied
+        );
+    }
+    s
+}
+
+/// One table of `t["mean_score"]` (± `t["score_stderr"]`, and `[n]` from `counts`).
+fn score_table(
+    t: &serde_json::Value,
+    order: &[&str],
+    counts: Option<&serde_json::Value>,
+) -> String {
+    use std::fmt::Write as _;
+    let Some(scores) = t.get("mean_score").and_then(|m| m.as_object()) else {
+        return String::new();
+    };
+    let mut mults: Vec<(f64, &str)> = scores
+        .values()
+        .filter_map(|per| per.as_object())
+        .flat_map(|per| per.keys())
+        .filter_map(|k| Some((k.parse::<f64>().ok()?, k.as_str())))
+        .collect();
+    mults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    mults.dedup_by(|a, b| a.1 == b.1);
+    let mut rows: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|v| scores.contains_key(*v))
+        .collect();
+    rows.extend(
+        scores
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| !order.contains(k)),
+    );
+    let mut s = "\n| vector |".to_string();
+    for (_, m) in &mults {
+        let _ = write!(s, " x{m} |");
+    }
+    s += "\n|---|";
+    s += &"---|".repeat(mults.len());
+    for v in rows {
+        let _ = write!(s, "\n| {v} |");
+        for (_, m) in &mults {
+            let get =
+                |root: Option<&serde_json::Value>| root.and_then(|r| r.get(v)?.get(*m)?.as_f64());
+            let Some(x) = get(t.get("mean_score")) else {
+                s += " - |";
+                continue;
+            };
+            let _ = write!(s, " {x:.2}");
+            if let Some(e) = get(t.get("score_stderr")) {
+                let _ = write!(s, " ± {e:.2}");
+            }
+            if let Some(n) = get(counts) {
+                let _ = write!(s, " [{n}]");
+            }
+            s += " |";
+        }
+    }
+    s + "\n"
 }

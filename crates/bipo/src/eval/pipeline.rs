@@ -401,6 +401,9 @@ pub fn run(
                     |p| p.display().to_string()),
                 "table": refusal::summary(&mut answers, r),
             });
+            if o.get("judge").is_some() {
+                o["judge"]["answered"] = open_ended::score_summary_answered(&answers);
+            }
             Some(o)
         }
         (o, _) => o,
@@ -556,11 +559,19 @@ fn open_ended(
         if let Some(e) = stopped.take() {
             return Err(e);
         }
+        let stage = format!("calibrating {} on the data's answers", j.model);
+        let calibration =
+            open_ended::calibrate(&judge, &j.behaviour, questions, |d, n| report(&stage, d, n))?;
+        if let Some(e) = stopped.take() {
+            return Err(e);
+        }
         summary["judge"] = serde_json::json!({
             "url": crate::util::redact::redact(&j.url),
             "model": j.model,
             "requests": judge.requests(),
             "mean_score": open_ended::score_summary(&answers),
+            "score_stderr": open_ended::score_stderr(&answers),
+            "calibration": calibration,
         });
     }
     Ok((answers, Some(summary)))

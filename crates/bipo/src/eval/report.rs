@@ -278,6 +278,10 @@ impl Report {
                 // The table above says it; the JSON keeps the rest.
                 shown["refusal"]["table"] = "above".into();
             }
+            if let Some(j) = o.get("judge") {
+                let order: Vec<&str> = self.vectors.iter().map(|v| v.name.as_str()).collect();
+                s += &super::open_ended::judge_markdown(j, &order);
+            }
             let _ = writeln!(
                 s,
                 "\n## Open-ended answers\n\n```json\n{}\n```",
