@@ -211,7 +211,7 @@ pub fn score_stderr(answers: &[Answer]) -> serde_json::Value {
         if s.len() < 2 {
             return 0.0;
         }
-        let mean = s.iter().sum::<f64>() / n;
+        let mean = mean(s);
         let var = s.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0);
         (var / n).sqrt()
     })
@@ -277,34 +277,22 @@ fn score_table(
     let Some(scores) = t.get("mean_score").and_then(|m| m.as_object()) else {
         return String::new();
     };
-    let mut mults: Vec<(f64, &str)> = scores
-        .values()
-        .filter_map(|per| per.as_object())
-        .flat_map(|per| per.keys())
-        .filter_map(|k| Some((k.parse::<f64>().ok()?, k.as_str())))
-        .collect();
-    mults.sort_by(|a, b| a.0.total_cmp(&b.0));
-    mults.dedup_by(|a, b| a.1 == b.1);
-    let mut rows: Vec<&str> = order
-        .iter()
-        .copied()
-        .filter(|v| scores.contains_key(*v))
-        .collect();
-    rows.extend(
+    let mults = super::report::multiplier_columns(
         scores
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|k| !order.contains(k)),
+            .values()
+            .filter_map(|per| per.as_object())
+            .flat_map(|per| per.keys().map(|k| k.as_str())),
     );
+    let rows = super::report::rows_in_order(scores.keys().map(|k| k.as_str()), order);
     let mut s = "\n| vector |".to_string();
-    for (_, m) in &mults {
+    for m in &mults {
         let _ = write!(s, " x{m} |");
     }
     s += "\n|---|";
     s += &"---|".repeat(mults.len());
     for v in rows {
         let _ = write!(s, "\n| {v} |");
-        for (_, m) in &mults {
+        for m in &mults {
             let get =
                 |root: Option<&serde_json::Value>| root.and_then(|r| r.get(v)?.get(*m)?.as_f64());
             let Some(x) = get(t.get("mean_score")) else {

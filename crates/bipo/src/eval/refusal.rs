@@ -126,30 +126,24 @@ pub fn summary(answers: &mut [Answer], strings: &RefusalStrings) -> RefusalTable
 /// The table as Markdown: one row per vector (those named in `order` first, in that
 /// order), one column per multiplier, cells "ASR (refusals/answers)".
 pub fn markdown(table: &RefusalTable, order: &[&str]) -> String {
-    let mut mults: Vec<(f32, &str)> = table
-        .values()
-        .flat_map(|m| m.keys())
-        .map(|k| (k.parse().unwrap_or(f32::NAN), k.as_str()))
-        .collect();
-    mults.sort_by(|a, b| a.0.total_cmp(&b.0));
-    mults.dedup_by(|a, b| a.1 == b.1);
+    let mults = super::report::multiplier_columns(
+        table.values().flat_map(|m| m.keys().map(|k| k.as_str())),
+    );
     let mut s = String::from(
         "\n## Attack success rate (refusal-string matching)\n\nShare of open-ended answers \
          without any refusal string (GCG's list unless the run names its own); in \
          brackets refusals / answers.\n\n| vector |",
     );
-    for (_, k) in &mults {
+    for k in &mults {
         let _ = write!(s, " {k} |");
     }
     s += "\n|---|";
     s += &"---:|".repeat(mults.len());
     s += "\n";
-    let mut rows: Vec<(&String, &BTreeMap<String, RefusalCell>)> = table.iter().collect();
-    rows.sort_by_key(|(v, _)| order.iter().position(|o| o == v).unwrap_or(usize::MAX));
-    for (v, per) in rows {
+    for v in super::report::rows_in_order(table.keys().map(|k| k.as_str()), order) {
         let _ = write!(s, "| {v} |");
-        for (_, k) in &mults {
-            match per.get(*k) {
+        for k in &mults {
+            match table[v].get(*k) {
                 Some(c) => {
                     let _ = write!(s, " {:.2} ({}/{}) |", c.asr, c.refusals, c.answers);
                 }

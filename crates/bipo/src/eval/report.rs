@@ -109,6 +109,26 @@ const ANSWER_CHARS: usize = 300;
 
 /// Text as one Markdown table cell: pipes escaped, line breaks as <br>, cut to
 /// [`ANSWER_CHARS`] characters.
+/// The columns of a vector x multiplier table: the multiplier keys (as `f32::to_string`
+/// wrote them) in numeric order, each once.
+pub(crate) fn multiplier_columns<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut mults: Vec<(f32, &str)> = keys.map(|k| (k.parse().unwrap_or(f32::NAN), k)).collect();
+    mults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    mults.dedup_by(|a, b| a.1 == b.1);
+    mults.into_iter().map(|(_, k)| k).collect()
+}
+
+/// The rows of such a table: the vectors named in `order` first, in that order, then
+/// the others as given.
+pub(crate) fn rows_in_order<'a>(
+    names: impl Iterator<Item = &'a str>,
+    order: &[&str],
+) -> Vec<&'a str> {
+    let mut rows: Vec<&str> = names.collect();
+    rows.sort_by_key(|v| order.iter().position(|o| o == v).unwrap_or(usize::MAX));
+    rows
+}
+
 fn cell(text: &str) -> String {
     let mut t: String = text.chars().take(ANSWER_CHARS).collect();
     if text.chars().count() > ANSWER_CHARS {
