@@ -42,9 +42,11 @@ pub struct ModelArgs {
     /// Compute dtype for safetensors models: f32, bf16 or f16.
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub dtype: String,
-    /// Training through quantized weights: `stored` multiplies them as stored (no f32
-    /// copy of the model); `f32` dequantizes a full copy first (the reference path).
-    #[arg(long, value_name = "stored|f32", default_value = "stored")]
+    /// Training through quantized weights, none of which copies the model to f32:
+    /// `fast` multiplies dequantized panels and activations rounded to bf16, with f32
+    /// sums (f32 products without AVX-512 BF16); `stored` multiplies the panels in f32;
+    /// `f32` dequantizes a full copy first (the reference path).
+    #[arg(long, value_name = "fast|stored|f32", default_value = "fast")]
     pub train_dtype: String,
     /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to
     /// merge into the model's weights at load; repeat to merge several, in order.
@@ -61,9 +63,10 @@ impl ModelArgs {
             other => bail!("invalid --dtype `{other}` (choose f32, bf16 or f16)"),
         };
         let train_weights = match self.train_dtype.as_str() {
+            "fast" => bipo::models::TrainWeights::Fast,
             "stored" => bipo::models::TrainWeights::Stored,
             "f32" => bipo::models::TrainWeights::F32,
-            other => bail!("invalid --train-dtype `{other}` (choose stored or f32)"),
+            other => bail!("invalid --train-dtype `{other}` (choose fast, stored or f32)"),
         };
         let opts = LoadOptions {
             device: bipo::load::parse_device(&self.device)?,

@@ -2,7 +2,9 @@
 //! and prompt (128 tokens) shapes of Qwen2.5-1.5B / 0.5B and SmolLM2: `cargo run
 //! --release --example kbench` (RAYON_NUM_THREADS sets the threads;
 //! BIPO_KERNELS=avx2|scalar forces a slower kernel set; KBENCH_STREAM=1 [M=tokens]
-//! measures products whose weights stream from memory instead, as decode does).
+//! measures products whose weights stream from memory instead, as decode does;
+//! KBENCH_TRAIN=1 times training's panel products, f32 beside bf16, forward and input
+//! gradient, at a step's size: 512 tokens).
 
 use bipo::kernels::quant::{Acts, QBlocks};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -10,6 +12,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 fn main() {
     if std::env::var_os("KBENCH_STREAM").is_some() {
         return stream();
+    }
+    if std::env::var_os("KBENCH_TRAIN").is_some() {
+        return train();
     }
     let shapes = [
         (GgmlDType::Q4K, 8960usize, 1536usize),
@@ -86,5 +91,50 @@ fn stream() {
             bytes / s / 1e9,
             bytes / r / 1e9
         );
+    }
+}
+
+/// Training's products (`KBENCH_TRAIN=1`): `x W^T` and `dy W` on dequantized panels, in
+/// f32 and in bf16, 512 tokens, SmolLM2's and Qwen2.5-0.5B's MLP shapes.
+fn train() {
+    use bipo::kernels::panels::{matmul_n, matmul_t};
+    let m = 512;
+    println!(
+        "bf16 available: {}, threads: {}",
+        bipo::kernels::bf16::available(),
+        rayon::current_num_threads()
+    );
+    for (t, n, k) in [
+        (GgmlDType::Q4_1, 1536usize, 576usize),
+        (GgmlDType::Q4_1, 576, 1536),
+        (GgmlDType::Q5_0, 4864, 896),
+    ] {
+        let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &candle_core::Device::Cpu).unwrap();
+        let q = QBlocks::from_qtensor(&QTensor::quantize(&w, t).unwrap())
+            .unwrap()
+            .unwrap();
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let dy: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.21).cos()).collect();
+        let time = |f: &dyn Fn()| {
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                f();
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            (m * n * k) as f64 / best / 1e9
+        };
+        for bf16 in [false, true] {
+            let fwd = time(&|| {
+                std::hint::black_box(matmul_t(&q, &x, m, bf16));
+            });
+            let bwd = time(&|| {
+                std::hint::black_box(matmul_n(&q, &dy, m, bf16));
+            });
+            println!(
+                "{t:?} {n}x{k} m={m} {}: forward {fwd:.1} GMAC/s, input gradient {bwd:.1} GMAC/s",
+                if bf16 { "bf16" } else { "f32" }
+            );
+        }
     }
 }

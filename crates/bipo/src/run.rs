@@ -28,6 +28,10 @@ pub struct ModelRecord {
     /// above then identifies base and adapters together).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lora: Vec<String>,
+    /// How training multiplied quantized weights (`--train-dtype`); absent in records
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_weights: Option<crate::models::TrainWeights>,
 }
 
 impl ModelRecord {
@@ -44,6 +48,7 @@ impl ModelRecord {
                 .iter()
                 .map(|a| format!("{} sha256:{}", a.path.display(), a.sha256))
                 .collect(),
+            train_weights: Some(lm.model.train_weights()),
         })
     }
 }

@@ -191,7 +191,7 @@ pub fn run(a: Args) -> Result<()> {
             model: model.clone(),
             device: a.device.clone(),
             dtype: "f32".into(),
-            train_dtype: "stored".into(),
+            train_dtype: "fast".into(),
             lora: a.lora.clone(),
         };
         if a.layers.is_empty() {

@@ -4,6 +4,7 @@
 //! here knows about models.
 
 pub mod attention_cpu;
+pub mod bf16;
 pub mod fused;
 pub mod ops;
 pub mod panels;

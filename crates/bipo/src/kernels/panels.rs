@@ -103,11 +103,27 @@ unsafe fn gemm_nn(
     )
 }
 
-/// y = x W^T for x (m, k) f32, W quantized (n, k): (m, n).
-pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize) -> Vec<f32> {
+/// y = x W^T for x (m, k) f32, W quantized (n, k): (m, n). With `bf16` (and a CPU with
+/// AVX-512 BF16, k even and n a multiple of 16) the products are of bf16-rounded values
+/// ([`super::bf16`]), else of f32.
+pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize, bf16: bool) -> Vec<f32> {
     let (n, k) = w.dims();
     let mut y = vec![0f32; m * n];
     let out = Ptr(y.as_mut_ptr());
+    if bf16 && k.is_multiple_of(2) && n.is_multiple_of(16) && super::bf16::available() {
+        let xp = super::bf16::pack_rows(m, k, x, k);
+        (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
+            || (vec![0f32; PANEL_ROWS * k], super::bf16::Panel::default()),
+            |(panel, packed), p| {
+                let r0 = p * PANEL_ROWS;
+                let rows = PANEL_ROWS.min(n - r0);
+                w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
+                // SAFETY: y is m x n and this task owns its columns r0..r0+rows.
+                unsafe { packed.forward(&xp, m, k, &panel[..rows * k], out.at(r0), n) }
+            },
+        );
+        return y;
+    }
     (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
         || vec![0f32; PANEL_ROWS * k],
         |panel, p| {
@@ -122,9 +138,12 @@ pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize) -> Vec<f32> {
     y
 }
 
-/// dx = dy W for dy (m, n) f32, W quantized (n, k): (m, k).
-pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize) -> Vec<f32> {
+/// dx = dy W for dy (m, n) f32, W quantized (n, k): (m, k). With `bf16` (and a CPU
+/// with AVX-512 BF16, and k a multiple of 16) the products are of bf16-rounded values
+/// ([`super::bf16`]), else of f32.
+pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize, bf16: bool) -> Vec<f32> {
     let (n, k) = w.dims();
+    let bf16 = bf16 && k.is_multiple_of(16) && super::bf16::available();
     let panels = n.div_ceil(PANEL_ROWS);
     let tasks = rayon::current_num_threads().clamp(1, panels);
     let parts: Vec<Vec<f32>> = (0..tasks)
@@ -132,10 +151,15 @@ pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize) -> Vec<f32> {
         .map(|t| {
             let mut dx = vec![0f32; m * k];
             let mut panel = vec![0f32; PANEL_ROWS * k];
+            let mut packed = super::bf16::Panel::default();
             for p in (t..panels).step_by(tasks) {
                 let r0 = p * PANEL_ROWS;
                 let rows = PANEL_ROWS.min(n - r0);
                 w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
+                if bf16 {
+                    packed.accumulate(m, k, &mut dx, &dy[r0..], n, &panel[..rows * k]);
+                    continue;
+                }
                 // SAFETY: dy's columns r0..r0+rows (row stride n) times the panel
                 // (rows x k) into this task's own dx (m x k).
                 unsafe {
@@ -163,10 +187,13 @@ pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize) -> Vec<f32> {
 
 /// `x W^T` on a quantized weight (`transposed`: the gradient product `g W`). Each is
 /// the other's backward, so the graph stays differentiable in its input; the weight,
-/// frozen, gets no gradient.
+/// frozen, gets no gradient. `fast`: both products in bf16 with f32 sums where the CPU
+/// has it (the gradient is that of the unrounded product: the rounding passes
+/// gradients straight through).
 struct QuantLinear {
     w: Arc<QBlocks>,
     transposed: bool,
+    fast: bool,
 }
 
 impl CustomOp1 for QuantLinear {
@@ -195,9 +222,9 @@ impl CustomOp1 for QuantLinear {
             );
         }
         let y = if self.transposed {
-            matmul_n(&self.w, x, m)
+            matmul_n(&self.w, x, m, self.fast)
         } else {
-            matmul_t(&self.w, x, m)
+            matmul_t(&self.w, x, m, self.fast)
         };
         Ok((CpuStorage::F32(y), Shape::from((m, out))))
     }
@@ -206,18 +233,21 @@ impl CustomOp1 for QuantLinear {
         Ok(Some(grad.contiguous()?.apply_op1(QuantLinear {
             w: self.w.clone(),
             transposed: !self.transposed,
+            fast: self.fast,
         })?))
     }
 }
 
-/// `x W^T` over the last dimension of x for a quantized weight, differentiable in x.
-pub fn quant_linear(x: &Tensor, w: &Arc<QBlocks>) -> Result<Tensor> {
+/// `x W^T` over the last dimension of x for a quantized weight, differentiable in x
+/// (`fast`: see [`QuantLinear`]).
+pub fn quant_linear(x: &Tensor, w: &Arc<QBlocks>, fast: bool) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims.last().expect("rank >= 1");
     let m = x.elem_count() / k;
     let y = x.reshape((m, k))?.contiguous()?.apply_op1(QuantLinear {
         w: w.clone(),
         transposed: false,
+        fast,
     })?;
     let mut out = dims;
     *out.last_mut().expect("rank >= 1") = w.dims().0;
@@ -233,6 +263,10 @@ mod tests {
     #[test]
     fn panels_equal_the_dequantized_product_and_its_input_gradient() {
         let dev = Device::Cpu;
+        // 70 rows: a panel and a partial one, a partial tile group, f32 arithmetic. 96
+        // rows in bf16 (where the CPU has it; rows a multiple of 16): within bf16's
+        // rounding of both factors.
+        let cases = [(70, false, 1e-3), (96, true, 1e-2)];
         for t in [
             GgmlDType::Q4_0,
             GgmlDType::Q5_0,
@@ -240,38 +274,38 @@ mod tests {
             GgmlDType::Q4K,
             GgmlDType::Q6K,
         ] {
-            // 70 rows: a panel and a partial one, a partial tile group.
-            let w = Tensor::randn(0f32, 1.0, (70, 512), &dev).unwrap();
-            let q = QTensor::quantize(&w, t).unwrap();
-            let dense = q.dequantize(&dev).unwrap();
-            let qb = Arc::new(QBlocks::from_qtensor(&q).unwrap().unwrap());
-            let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 512), &dev).unwrap()).unwrap();
-            let ours = quant_linear(x.as_tensor(), &qb).unwrap();
-            let want = x.as_tensor().broadcast_matmul(&dense.t().unwrap()).unwrap();
-            let d = (&ours - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-3, "{t:?} forward {d}");
-            // Gradient of sum(y * c) w.r.t. x equals c W.
-            let c = Tensor::randn(0f32, 1.0, (2, 3, 70), &dev).unwrap();
-            let g = (ours * &c).unwrap().sum_all().unwrap().backward().unwrap();
-            let gx = g.get(&x).unwrap();
-            let want = c.broadcast_matmul(&dense).unwrap();
-            let d = (gx - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-3, "{t:?} gradient {d}");
+            for (rows, fast, tol) in cases {
+                let w = Tensor::randn(0f32, 1.0, (rows, 512), &dev).unwrap();
+                let q = QTensor::quantize(&w, t).unwrap();
+                let dense = q.dequantize(&dev).unwrap();
+                let qb = Arc::new(QBlocks::from_qtensor(&q).unwrap().unwrap());
+                let x = Tensor::randn(0f32, 1.0, (2, 3, 512), &dev).unwrap();
+                let x = Var::from_tensor(&x).unwrap();
+                let ours = quant_linear(x.as_tensor(), &qb, fast).unwrap();
+                let want = x.as_tensor().broadcast_matmul(&dense.t().unwrap()).unwrap();
+                let (d, scale) = max_diff(&ours, &want);
+                assert!(d < tol * scale, "{t:?} fast {fast} forward {d} of {scale}");
+                // Gradient of sum(y * c) w.r.t. x equals c W.
+                let c = Tensor::randn(0f32, 1.0, (2, 3, rows), &dev).unwrap();
+                let g = (ours * &c).unwrap().sum_all().unwrap().backward().unwrap();
+                let gx = g.get(&x).unwrap();
+                let want = c.broadcast_matmul(&dense).unwrap();
+                let (d, scale) = max_diff(gx, &want);
+                assert!(d < tol * scale, "{t:?} fast {fast} gradient {d} of {scale}");
+            }
         }
+    }
+
+    /// Largest |a - b| and the larger of 1 and max |b|.
+    fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
+        let m = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        (m((a - b).unwrap()), m(b.clone()).max(1.0))
     }
 }

@@ -110,8 +110,14 @@ impl Weight {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainWeights {
-    /// As stored: panels dequantized on the fly, no f32 copy of the model.
+    /// As stored, at speed: panels dequantized on the fly, rounded to bf16 with the
+    /// activations (or gradients) and multiplied with f32 sums, both ways (f32 products
+    /// on CPUs without AVX-512 BF16). Gradients pass the rounding straight through. No
+    /// f32 copy.
     #[default]
+    Fast,
+    /// As stored, in f32: panels dequantized on the fly and multiplied in f32 both ways;
+    /// equal to [`TrainWeights::F32`] up to the order of f32 additions. No f32 copy.
     Stored,
     /// A full f32 copy made on first use (the reference path, for checking).
     F32,
@@ -142,7 +148,7 @@ impl Linear {
             bias,
             dtype,
             dense: OnceLock::new(),
-            train: TrainWeights::Stored,
+            train: TrainWeights::default(),
         })
     }
 
@@ -166,9 +172,9 @@ impl Linear {
             }
             (Weight::Quantized(q), Mode::Fast) => xs.contiguous()?.apply_op1_no_bwd(q.as_ref())?,
             (Weight::Blocks(b), Mode::Differentiable)
-                if self.train == TrainWeights::Stored && cpu_f32(xs) =>
+                if self.train != TrainWeights::F32 && cpu_f32(xs) =>
             {
-                crate::kernels::panels::quant_linear(xs, b)?
+                crate::kernels::panels::quant_linear(xs, b, self.train == TrainWeights::Fast)?
             }
             (_, Mode::Differentiable) if xs.device().is_cpu() && self.dtype == DType::F32 => {
                 crate::kernels::ops::frozen_linear(xs, self.dense_weight()?)?

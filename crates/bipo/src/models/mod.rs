@@ -433,6 +433,11 @@ impl Model {
         self.lm_head.train = w;
     }
 
+    /// How training uses quantized weights.
+    pub fn train_weights(&self) -> TrainWeights {
+        self.lm_head.train
+    }
+
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }
