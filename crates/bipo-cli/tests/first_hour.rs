@@ -80,6 +80,8 @@ fn ineffective_settings_are_warned_about_and_defaults_pick_a_layer() {
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(rec["config"]["layer"], 14, "{rec}");
+    // The training arithmetic is recorded: the default for a quantized GGUF.
+    assert_eq!(rec["model"]["train_weights"], "fast", "{rec}");
 }
 
 #[test]
