@@ -1,9 +1,10 @@
 //! Training through quantized weights without an f32 copy of the model: `x W^T` and
 //! its input gradient `dy W` computed panel by panel, each panel of rows dequantized
 //! into a small thread-local buffer (exactly ggml's values) and multiplied with the
-//! f32 GEMM. The result equals the product with the fully dequantized weight up to the
-//! order of f32 additions, and no weight gradient is ever formed (the weights are
-//! frozen).
+//! f32 GEMM (`stored`), or rounded to bf16 with the activations and multiplied by
+//! [`super::bf16`] (`fast`). In f32 the result equals the product with the fully
+//! dequantized weight up to the order of f32 additions; in bf16, up to the rounding of
+//! both factors. No weight gradient is ever formed (the weights are frozen).
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ use crate::util::contiguous_f32;
 /// Rows per dequantized panel: a multiple of the 8-row tiles, large enough for GEMM to
 /// run at speed, small enough (x the width) to stay in cache.
 const PANEL_ROWS: usize = 64;
+// The bf16 forward needs whole vectors of 16 rows per panel.
+const _: () = assert!(PANEL_ROWS.is_multiple_of(16));
 
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
