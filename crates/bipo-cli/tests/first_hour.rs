@@ -652,3 +652,39 @@ fn eval_takes_a_layer_range() {
     let (ok, e, _) = run(&["--layer-range", "0", "0"], "none");
     assert!(!ok && e.contains("has no layer in it"), "{e}");
 }
+
+/// `bench-train` names the training arithmetic it timed, and each mode runs.
+#[test]
+fn bench_train_names_its_arithmetic() {
+    let d = tempfile::tempdir().unwrap();
+    let data = small_data(d.path(), 4);
+    for (mode, says) in [
+        ("stored", "training stored (f32 products)"),
+        ("fast", "training fast ("),
+    ] {
+        let o = bipo_env(
+            &[
+                "bench-train",
+                "-m",
+                &model(),
+                "--data",
+                data.to_str().unwrap(),
+                "--layer",
+                "27",
+                "--steps",
+                "1",
+                "--no-reference",
+                "--train-dtype",
+                mode,
+            ],
+            &[],
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert!(out.contains(says), "{mode}: {out}");
+        assert!(
+            out.contains("bipo: prepare (blocks 0..=27"),
+            "{mode}: {out}"
+        );
+    }
+}

@@ -114,14 +114,22 @@ pub fn run(a: Args) -> Result<()> {
     };
     let fast = time(false)?;
     let steps_per_epoch = n.div_ceil(a.batch_size);
+    use bipo::models::TrainWeights;
+    let arithmetic = match lm.model.train_weights() {
+        TrainWeights::Fast if bipo::kernels::bf16::available() => "fast (bf16 products)",
+        TrainWeights::Fast => "fast (f32 products: no AVX-512 BF16)",
+        TrainWeights::Stored => "stored (f32 products)",
+        TrainWeights::F32 => "f32 (dequantized copy)",
+    };
     crate::outln!(
-        "model {} | data {} ({} pairs) | layer {} | batch {} | threads {}",
+        "model {} | data {} ({} pairs) | layer {} | batch {} | threads {} | training {}",
         lm.model.info.source,
         a.data.display(),
         n,
         a.layer,
         a.batch_size,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        arithmetic
     )?;
     crate::outln!("bipo: prepare (blocks 0..={} + reference log-probs, once) {prep:.1} s; step {fast:.3} s (median of {}); epoch {:.0} s", a.layer, a.steps, prep + fast * steps_per_epoch as f64)?;
     if a.block {
