@@ -20,15 +20,8 @@ data=${BIPO_DATA:-../shared/data/bipo}/power-seeking
 here=docs/results/judged
 threads=${THREADS:-2}
 port=${JUDGE_PORT:-8091}
-judge_model=models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
-scripts/fetch-model.sh qwen2.5-coder-1.5b
-$bipo serve -m $judge_model --threads "$threads" --port "$port" --model-id qwen2.5-coder-1.5b-instruct -q &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-  sleep 1
-done
+. docs/results/judge-server.sh
+start_judge "$port" "$threads"
 for s in ${@:-smollm2 qwen0.5b}; do
   case $s in
     smollm2) model=models/SmolLM2-135M-Instruct.Q4_1.gguf vecs=docs/results/power-seeking/vectors
@@ -43,7 +36,7 @@ for s in ${@:-smollm2 qwen0.5b}; do
     --data "$data/test_infer.csv" --limit 50 --multipliers=-2,-1,0,1,2 --no-damage \
     --prompts configs/prompts/power-seeking.toml --refusal --refusal-strings configs/refusal-strings-hard.txt \
     --open-ended 20 --max-tokens 48 --behaviour power-seeking \
-    --judge-url "http://127.0.0.1:$port/v1" --judge-model qwen2.5-coder-1.5b-instruct \
+    --judge-url "$judge_url" --judge-model "$JUDGE_MODEL" \
     --title "power-seeking, open-ended answers judged by Qwen2.5-Coder-1.5B ($name)" \
     -o "$here/$s" --threads "$threads" -q
 done

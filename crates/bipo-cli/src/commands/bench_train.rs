@@ -117,7 +117,7 @@ pub fn run(a: Args) -> Result<()> {
     use bipo::models::TrainWeights;
     let arithmetic = match lm.model.train_weights() {
         TrainWeights::Fast if bipo::kernels::bf16::available() => "fast (bf16 products)",
-        TrainWeights::Fast => "fast (f32 products: no AVX-512 BF16)",
+        TrainWeights::Fast => "fast (f32 products: AVX-512 BF16 not in use)",
         TrainWeights::Stored => "stored (f32 products)",
         TrainWeights::F32 => "f32 (dequantized copy)",
     };

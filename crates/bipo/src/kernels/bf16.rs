@@ -23,18 +23,15 @@
 const MR: usize = 6;
 const NV: usize = 4;
 
-/// Whether this CPU has the instructions (AVX-512 F/BW and BF16).
+/// Whether these kernels run: the AVX-512 kernel set is in use ([`super::quant::kernels`],
+/// which also honours `BIPO_KERNELS=avx2|scalar`) and the CPU has AVX-512 BF16.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *OK.get_or_init(|| {
-            use std::arch::is_x86_feature_detected as has;
-            has!("avx512f")
-                && has!("avx512bw")
-                && has!("avx512bf16")
-                && std::env::var("BIPO_KERNELS").as_deref() != Ok("avx2")
-                && std::env::var("BIPO_KERNELS").as_deref() != Ok("scalar")
+            super::quant::kernels() == super::quant::Kernels::Vnni
+                && std::arch::is_x86_feature_detected!("avx512bf16")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -113,29 +113,23 @@ pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize, bf16: bool) -> Vec<f32> {
     let (n, k) = w.dims();
     let mut y = vec![0f32; m * n];
     let out = Ptr(y.as_mut_ptr());
-    if bf16 && k.is_multiple_of(2) && n.is_multiple_of(16) && super::bf16::available() {
-        let xp = super::bf16::pack_rows(m, k, x, k);
-        (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
-            || (vec![0f32; PANEL_ROWS * k], super::bf16::Panel::default()),
-            |(panel, packed), p| {
-                let r0 = p * PANEL_ROWS;
-                let rows = PANEL_ROWS.min(n - r0);
-                w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
-                // SAFETY: y is m x n and this task owns its columns r0..r0+rows.
-                unsafe { packed.forward(&xp, m, k, &panel[..rows * k], out.at(r0), n) }
-            },
-        );
-        return y;
-    }
+    // x packed once as bf16 pairs, shared by every panel's product.
+    let bf16 = bf16 && k.is_multiple_of(2) && n.is_multiple_of(16) && super::bf16::available();
+    let xp = bf16.then(|| super::bf16::pack_rows(m, k, x, k));
     (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
-        || vec![0f32; PANEL_ROWS * k],
-        |panel, p| {
+        || (vec![0f32; PANEL_ROWS * k], super::bf16::Panel::default()),
+        |(panel, packed), p| {
             let r0 = p * PANEL_ROWS;
             let rows = PANEL_ROWS.min(n - r0);
             w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
             // SAFETY: x is m*k, the panel rows*k, and this task owns y's columns
             // r0..r0+rows (row stride n).
-            unsafe { gemm_nt(m, rows, k, out.at(r0), n, x.as_ptr(), panel.as_ptr()) }
+            unsafe {
+                match &xp {
+                    Some(xp) => packed.forward(xp, m, k, &panel[..rows * k], out.at(r0), n),
+                    None => gemm_nt(m, rows, k, out.at(r0), n, x.as_ptr(), panel.as_ptr()),
+                }
+            }
         },
     );
     y
