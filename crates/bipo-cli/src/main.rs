@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     out::set_quiet(cli.quiet);
     out::set_verbose(cli.verbose);
     bipo::util::tune_candle_pool();
+    bipo::util::tune_allocator();
     if let Some(n) = cli.threads {
         // candle's own thread pool reads this before first use.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());

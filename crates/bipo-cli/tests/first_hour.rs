@@ -82,6 +82,11 @@ fn ineffective_settings_are_warned_about_and_defaults_pick_a_layer() {
     assert_eq!(rec["config"]["layer"], 14, "{rec}");
     // The training arithmetic is recorded: the default for a quantized GGUF.
     assert_eq!(rec["model"]["train_weights"], "fast", "{rec}");
+    assert_eq!(
+        rec["model"]["train_arithmetic"],
+        bipo::models::TrainWeights::Fast.arithmetic(),
+        "{rec}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use bipo::kernels::quant::{Acts, QBlocks};
 use candle_core::quantized::{GgmlDType, QTensor};
 
 fn main() {
+    bipo::util::tune_allocator();
     if std::env::var_os("KBENCH_STREAM").is_some() {
         return stream();
     }
@@ -100,8 +101,9 @@ fn train() {
     use bipo::kernels::panels::{matmul_n, matmul_t};
     let m = 512;
     println!(
-        "bf16 available: {}, threads: {}",
+        "bf16 available: {}, AMX: {}, threads: {}",
         bipo::kernels::bf16::available(),
+        bipo::kernels::amx::available(),
         rayon::current_num_threads()
     );
     for (t, n, k) in [
@@ -117,7 +119,7 @@ fn train() {
         let dy: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.21).cos()).collect();
         let time = |f: &dyn Fn()| {
             let mut best = f64::MAX;
-            for _ in 0..5 {
+            for _ in 0..20 {
                 let t0 = std::time::Instant::now();
                 f();
                 best = best.min(t0.elapsed().as_secs_f64());

@@ -32,6 +32,10 @@ pub struct ModelRecord {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_weights: Option<crate::models::TrainWeights>,
+    /// What `train_weights` multiplied with on the CPU that ran
+    /// ([`crate::models::TrainWeights::arithmetic`]); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_arithmetic: Option<String>,
 }
 
 impl ModelRecord {
@@ -49,6 +53,7 @@ impl ModelRecord {
                 .map(|a| format!("{} sha256:{}", a.path.display(), a.sha256))
                 .collect(),
             train_weights: Some(lm.model.train_weights()),
+            train_arithmetic: Some(lm.model.train_weights().arithmetic().to_string()),
         })
     }
 }

@@ -322,8 +322,8 @@ fn a_two_layer_vector_trains_through_the_cache_like_the_full_forward() {
 }
 
 /// The fast path rounds activations, gradients and weight panels to bf16 in its
-/// products (where the CPU has AVX-512 BF16): the loss and gradient move by that rounding
-/// only.
+/// products (where [`bipo::kernels::bf16::preferred`]): the loss and gradient move by
+/// that rounding only.
 #[test]
 fn fast_training_path_is_close_to_the_f32_copy() {
     use bipo::models::TrainWeights;
@@ -341,9 +341,15 @@ fn fast_training_path_is_close_to_the_f32_copy() {
         .sqrt()
         / nf;
     println!("loss fast {l_q} f32 {l_f}; gradient cosine {cos:.6}, relative difference {rel:.2e}");
-    // Measured with bf16: loss 0.69894 vs 0.69822, gradient cosine 0.99994, relative
-    // difference 1.1e-2. (8-bit activations, tried first, gave 0.6807, 0.9992, 4.1e-2.)
-    assert!((l_q - l_f).abs() <= 5e-3, "loss {l_q} vs {l_f}");
+    // Measured with bf16 on AVX-512: loss 0.69894 vs 0.69822, gradient cosine 0.99994,
+    // relative difference 1.1e-2; on AMX tiles: 0.69391, 0.99993, 1.25e-2. The two bf16
+    // paths differ only in the order of f32 sums, yet as much from each other as from
+    // f32: one flipped rounding early on sends the rest of the forward down another,
+    // equally rounded, path. Their summed response log-probabilities (about -55 nats)
+    // sit 0.01-0.30 nats from f32's either way, and the loss moves by beta / 2 per nat
+    // of margin: 0.02 bounds that. (8-bit activations, tried first, gave 0.6807,
+    // 0.9992, 4.1e-2.)
+    assert!((l_q - l_f).abs() <= 2e-2, "loss {l_q} vs {l_f}");
     assert!(
         cos > 0.99 && rel < 0.1,
         "gradient cosine {cos}, relative {rel}"

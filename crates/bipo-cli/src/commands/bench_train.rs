@@ -114,13 +114,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let fast = time(false)?;
     let steps_per_epoch = n.div_ceil(a.batch_size);
-    use bipo::models::TrainWeights;
-    let arithmetic = match lm.model.train_weights() {
-        TrainWeights::Fast if bipo::kernels::bf16::available() => "fast (bf16 products)",
-        TrainWeights::Fast => "fast (f32 products: AVX-512 BF16 not in use)",
-        TrainWeights::Stored => "stored (f32 products)",
-        TrainWeights::F32 => "f32 (dequantized copy)",
-    };
+    let weights = lm.model.train_weights();
+    let arithmetic = format!("{} ({})", weights.name(), weights.arithmetic());
     crate::outln!(
         "model {} | data {} ({} pairs) | layer {} | batch {} | threads {} | training {}",
         lm.model.info.source,

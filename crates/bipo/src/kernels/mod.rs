@@ -3,6 +3,7 @@
 //! training. Each is checked against elementary candle ops. Models use these; nothing
 //! here knows about models.
 
+pub mod amx;
 pub mod attention_cpu;
 pub mod bf16;
 pub mod fused;

@@ -106,15 +106,16 @@ unsafe fn gemm_nn(
     )
 }
 
-/// y = x W^T for x (m, k) f32, W quantized (n, k): (m, n). With `bf16` (and a CPU with
-/// AVX-512 BF16, k even and n a multiple of 16) the products are of bf16-rounded values
-/// ([`super::bf16`]), else of f32.
+/// y = x W^T for x (m, k) f32, W quantized (n, k): (m, n). With `bf16` (and a CPU where
+/// [`super::bf16::preferred`], k even and n a multiple of 16) the products are of
+/// bf16-rounded values ([`super::bf16`]), else of f32.
 pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize, bf16: bool) -> Vec<f32> {
     let (n, k) = w.dims();
-    let mut y = vec![0f32; m * n];
+    // Written panel by panel without being read (no zeroing pass over fresh memory).
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = Ptr(y.as_mut_ptr());
     // x packed once as bf16 pairs, shared by every panel's product.
-    let bf16 = bf16 && k.is_multiple_of(2) && n.is_multiple_of(16) && super::bf16::available();
+    let bf16 = bf16 && k.is_multiple_of(2) && n.is_multiple_of(16) && super::bf16::preferred();
     let xp = bf16.then(|| super::bf16::pack_rows(m, k, x, k));
     (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
         || (vec![0f32; PANEL_ROWS * k], super::bf16::Panel::default()),
@@ -132,26 +133,39 @@ pub fn matmul_t(w: &QBlocks, x: &[f32], m: usize, bf16: bool) -> Vec<f32> {
             }
         },
     );
+    // SAFETY: the panels cover all n columns of all m rows, and each writes every
+    // element of its columns (the bf16 product and gemm, which does not read dst).
+    unsafe { y.set_len(m * n) };
     y
 }
 
 /// dx = dy W for dy (m, n) f32, W quantized (n, k): (m, k). With `bf16` (and a CPU
-/// with AVX-512 BF16, and k a multiple of 16) the products are of bf16-rounded values
-/// ([`super::bf16`]), else of f32.
+/// where [`super::bf16::preferred`], and k a multiple of 16) the products are of
+/// bf16-rounded values ([`super::bf16`]), else of f32.
 pub fn matmul_n(w: &QBlocks, dy: &[f32], m: usize, bf16: bool) -> Vec<f32> {
     let (n, k) = w.dims();
-    let bf16 = bf16 && k.is_multiple_of(16) && super::bf16::available();
-    let panels = n.div_ceil(PANEL_ROWS);
-    let tasks = rayon::current_num_threads().clamp(1, panels);
+    let bf16 = bf16 && k.is_multiple_of(16) && super::bf16::preferred();
+    // On AMX the products are fast enough that adding each panel's share into dx (m x k)
+    // costs as much: fewer, larger panels, a multiple of the threads, up to 512 rows
+    // (a multiple of 32: whole 16-pair tiles).
+    let threads = rayon::current_num_threads().max(1);
+    let panel_rows = if bf16 && super::amx::available() {
+        let per_thread = n.div_ceil(threads * 512);
+        n.div_ceil(threads * per_thread).next_multiple_of(32)
+    } else {
+        PANEL_ROWS
+    };
+    let panels = n.div_ceil(panel_rows);
+    let tasks = threads.clamp(1, panels);
     let parts: Vec<Vec<f32>> = (0..tasks)
         .into_par_iter()
         .map(|t| {
             let mut dx = vec![0f32; m * k];
-            let mut panel = vec![0f32; PANEL_ROWS * k];
+            let mut panel = vec![0f32; panel_rows * k];
             let mut packed = super::bf16::Panel::default();
             for p in (t..panels).step_by(tasks) {
-                let r0 = p * PANEL_ROWS;
-                let rows = PANEL_ROWS.min(n - r0);
+                let r0 = p * panel_rows;
+                let rows = panel_rows.min(n - r0);
                 w.dequantize_rows(r0, rows, &mut panel[..rows * k]);
                 if bf16 {
                     packed.accumulate(m, k, &mut dx, &dy[r0..], n, &panel[..rows * k]);

@@ -111,8 +111,8 @@ impl Weight {
 #[serde(rename_all = "snake_case")]
 pub enum TrainWeights {
     /// As stored, at speed: panels dequantized on the fly, rounded to bf16 with the
-    /// activations (or gradients) and multiplied with f32 sums, both ways (f32 products
-    /// on CPUs without AVX-512 BF16). Gradients pass the rounding straight through. No
+    /// activations (or gradients) and multiplied with f32 sums, both ways, where the CPU
+    /// does that faster than f32 ([`crate::kernels::bf16::preferred`]; else f32). Gradients pass the rounding straight through. No
     /// f32 copy.
     #[default]
     Fast,
@@ -121,6 +121,26 @@ pub enum TrainWeights {
     Stored,
     /// A full f32 copy made on first use (the reference path, for checking).
     F32,
+}
+
+impl TrainWeights {
+    /// The mode's `--train-dtype` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainWeights::Fast => "fast",
+            TrainWeights::Stored => "stored",
+            TrainWeights::F32 => "f32",
+        }
+    }
+
+    /// The arithmetic this mode runs on this CPU, in words.
+    pub fn arithmetic(self) -> &'static str {
+        match self {
+            TrainWeights::Fast => crate::kernels::bf16::arithmetic(),
+            TrainWeights::Stored => "f32 products",
+            TrainWeights::F32 => "f32 products on a dequantized copy",
+        }
+    }
 }
 
 /// `y = x W^T (+ b)`.
