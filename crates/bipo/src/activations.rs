@@ -108,8 +108,9 @@ impl<'m> Prepared<'m> {
             .map(|e| e.prompt.len() + e.responses[0].len() + e.responses[1].len())
             .sum();
         let fits = tokens * model.hidden_size() * F32_BYTES <= cache_budget_bytes;
-        let mut prefix = fits.then(Vec::new);
-        let mut ref_logp = Vec::with_capacity(examples.len());
+        let n = examples.len();
+        let mut prefix: Option<Vec<Option<Tensor>>> = fits.then(|| vec![None; n]);
+        let mut ref_logp = vec![[0f32; 2]; n];
         let mut p = Self {
             model,
             layer,
@@ -119,20 +120,26 @@ impl<'m> Prepared<'m> {
             positions: Positions::All,
             steered: vec![layer],
         };
-        for (c, chunk) in p.examples.chunks(PREPARE_BATCH).enumerate() {
-            let idx: Vec<usize> = (c * PREPARE_BATCH..c * PREPARE_BATCH + chunk.len()).collect();
-            let states = p.prefix_states(&idx)?;
-            let lp: Vec<f32> = p.logp_from_prefix(&idx, &states, None)?.to_vec1()?;
+        // Examples of similar length share a forward pass, so that few padded positions
+        // are computed. A row's values do not depend on the rows beside it (padding is
+        // masked out), only, at the last bit, on the padded length.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| p.packed_len(i));
+        let mut done = 0;
+        for idx in order.chunks(PREPARE_BATCH) {
+            let states = p.prefix_states(idx)?;
+            let lp: Vec<f32> = p.logp_from_prefix(idx, &states, None)?.to_vec1()?;
             crate::util::check_finite("the unsteered model's response log-probabilities", &lp)?;
             for (j, &i) in idx.iter().enumerate() {
-                ref_logp.push([lp[2 * j], lp[2 * j + 1]]);
+                ref_logp[i] = [lp[2 * j], lp[2 * j + 1]];
                 if let Some(pre) = prefix.as_mut() {
-                    pre.push(states.0.get(j)?.narrow(0, 0, p.packed_len(i))?);
+                    pre[i] = Some(states.0.get(j)?.narrow(0, 0, p.packed_len(i))?);
                 }
             }
-            progress(c * PREPARE_BATCH + chunk.len(), p.examples.len());
+            done += idx.len();
+            progress(done, n);
         }
-        p.prefix = prefix;
+        p.prefix = prefix.map(|pre| pre.into_iter().flatten().collect());
         p.ref_logp = ref_logp;
         Ok(p)
     }
