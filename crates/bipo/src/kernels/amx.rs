@@ -9,9 +9,9 @@
 //! AMX's pair-interleaved form (row stride `nv * 64` bytes). C tiles (16 x 16 f32) are
 //! loaded from and stored to the output in place.
 //!
-//! Every tile is configured 16 rows x 64 bytes, once per call: the kernel runs whole
-//! 16-row blocks of A (the last rows zero-padded to one) and multiples of 16 pairs;
-//! other shapes stay with the AVX-512 kernel.
+//! Every tile is 64 bytes wide and, for whole 16-row blocks of A, 16 rows high; the
+//! last `m % 16` rows run on C and A tiles configured that many rows high. The reduced
+//! length must be a multiple of 16 pairs; other shapes stay with the AVX-512 kernel.
 //!
 //! Linux gives a process the AMX tile state only on request (`arch_prctl
 //! ARCH_REQ_XCOMP_PERM`); [`available`] asks once. `BIPO_AMX=off` turns AMX off (for
@@ -52,9 +52,9 @@ pub fn available() -> bool {
 /// [`super::bf16`]'s layouts; returns the rows it covered: all m, or 0 where it does
 /// not run (no AMX, `pairs % 16 != 0` or `cols % 16 != 0`) and the caller must.
 ///
-/// The last `m % 16` rows go through a zero-padded 16-row copy, so every row is
-/// computed by the same instructions in the same order wherever it sits in A: a row's
-/// result does not depend on the batch around it.
+/// The last `m % 16` rows run on tiles configured that many rows high: every row is
+/// computed by the same instructions in the same order wherever it sits in A, so a
+/// row's result does not depend on the batch around it.
 ///
 /// # Safety
 /// `a` and `b` must hold the layouts' `m * pairs` and `pairs * cols` u32s, and `out`
@@ -73,34 +73,8 @@ pub unsafe fn multiply(
     assert!(a.len() >= m * pairs && b.len() >= pairs * cols);
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
-        let whole = m / 16 * 16;
         // SAFETY: AMX is granted; the caller guarantees the buffers.
-        unsafe { x86::multiply(whole, cols, pairs, a.as_ptr(), b.as_ptr(), out) };
-        let rest = m - whole;
-        if rest > 0 {
-            let mut sa = vec![0u32; 16 * pairs];
-            sa[..rest * pairs].copy_from_slice(&a[whole * pairs..m * pairs]);
-            let mut sc = vec![0f32; 16 * cols];
-            let row = |i: usize| out.ptr.wrapping_add((whole + i) * out.ld);
-            // SAFETY: rows whole..m of out exist (the caller's guarantee); the scratch
-            // block is 16 rows of `pairs` and of `cols`.
-            unsafe {
-                if out.load {
-                    for i in 0..rest {
-                        std::ptr::copy_nonoverlapping(row(i), sc.as_mut_ptr().add(i * cols), cols);
-                    }
-                }
-                let scratch = super::bf16::Out {
-                    ptr: sc.as_mut_ptr(),
-                    ld: cols,
-                    load: out.load,
-                };
-                x86::multiply(16, cols, pairs, sa.as_ptr(), b.as_ptr(), scratch);
-                for i in 0..rest {
-                    std::ptr::copy_nonoverlapping(sc.as_ptr().add(i * cols), row(i), cols);
-                }
-            }
-        }
+        unsafe { x86::multiply(m, cols, pairs, a.as_ptr(), b.as_ptr(), out) };
         m
     }
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -115,19 +89,25 @@ mod x86 {
     /// Column vectors (of 16) per block of B: [`super::super::bf16`]'s `NV`.
     const NV: usize = 4;
 
-    /// The tile configuration: palette 1, tiles 0-7 all 16 rows x 64 bytes.
+    /// A tile configuration: palette 1, every tile 64 bytes wide; the C and A tiles
+    /// (0-5) `rows` high, the B tiles (6, 7) 16.
     #[repr(C, align(64))]
     struct Config([u8; 64]);
 
     impl Config {
-        fn full() -> Self {
+        fn rows(rows: u8) -> Self {
             let mut c = [0u8; 64];
             c[0] = 1;
             for t in 0..8 {
                 c[16 + 2 * t] = 64; // colsb (u16, little-endian)
-                c[48 + t] = 16; // rows
+                c[48 + t] = if t < 6 { rows } else { 16 };
             }
             Config(c)
+        }
+
+        /// Makes this the thread's tile configuration (zeroing every tile).
+        unsafe fn load(&self) {
+            unsafe { asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack)) };
         }
     }
 
@@ -202,7 +182,8 @@ mod x86 {
         }
     }
 
-    /// As [`super::multiply`] for m a multiple of 16.
+    /// As [`super::multiply`]: the whole 16-row blocks, then the last rows on tiles
+    /// configured that many rows high.
     pub unsafe fn multiply(
         m: usize,
         cols: usize,
@@ -211,38 +192,59 @@ mod x86 {
         b: *const u32,
         out: Out,
     ) {
-        let cfg = Config::full();
+        let whole = m / 16 * 16;
+        unsafe {
+            if whole > 0 {
+                Config::rows(16).load();
+                rows(0..whole, cols, pairs, a, b, out);
+            }
+            if m > whole {
+                Config::rows((m - whole) as u8).load();
+                rows(whole..m, cols, pairs, a, b, out);
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+
+    /// Rows `range` of the product, in blocks of 32 (2x2 C tiles) or 16, on the
+    /// configuration loaded (16 rows high, or the height of a last partial block).
+    unsafe fn rows(
+        range: std::ops::Range<usize>,
+        cols: usize,
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        out: Out,
+    ) {
         let sa = pairs * 4;
         let vecs = cols / 16;
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
-            for jb in 0..vecs.div_ceil(NV) {
-                let nv = (vecs - jb * NV).min(NV);
-                let bb = b.add(jb * NV * pairs * 16);
-                let sb = nv * 64;
-                let mut i = 0;
-                while i < m {
-                    let two = m - i >= 32;
-                    let ai = a.add(i * pairs);
-                    let mut v = 0;
-                    while v < nv {
-                        let bv = bb.add(v * 16);
-                        let cv = Out {
-                            ptr: out.ptr.add(i * out.ld + (jb * NV + v) * 16),
-                            ..out
-                        };
+        for jb in 0..vecs.div_ceil(NV) {
+            let nv = (vecs - jb * NV).min(NV);
+            let sb = nv * 64;
+            let mut i = range.start;
+            while i < range.end {
+                let two = range.end - i >= 32;
+                let mut v = 0;
+                while v < nv {
+                    // SAFETY (offsets): rows i.. of A and out, the block's vector v of B.
+                    let (ai, bv) = unsafe { (a.add(i * pairs), b.add((jb * NV * pairs + v) * 16)) };
+                    let cv = Out {
+                        ptr: out.ptr.wrapping_add(i * out.ld + (jb * NV + v) * 16),
+                        ..out
+                    };
+                    // SAFETY: the caller's buffers; the tiles are configured.
+                    unsafe {
                         match (two, nv - v >= 2) {
                             (true, true) => block::<2, 2>(pairs, ai, sa, bv, sb, cv),
                             (true, false) => block::<2, 1>(pairs, ai, sa, bv, sb, cv),
                             (false, true) => block::<1, 2>(pairs, ai, sa, bv, sb, cv),
                             (false, false) => block::<1, 1>(pairs, ai, sa, bv, sb, cv),
                         }
-                        v += 2;
                     }
-                    i += if two { 32 } else { 16 };
+                    v += 2;
                 }
+                i += if two { 32 } else { 16 };
             }
-            asm!("tilerelease", options(nostack, nomem));
         }
     }
 }
@@ -267,7 +269,7 @@ mod tests {
             ld: cols,
             load,
         };
-        // 53 rows: three 16-row blocks and 5 through the padded block. Each element is
+        // 53 rows: three 16-row blocks and a 5-row one. Each element is
         // 1 + 64 products of 1 x 2; the row after them untouched.
         // SAFETY (all calls): the buffers have the layouts' sizes.
         assert_eq!(

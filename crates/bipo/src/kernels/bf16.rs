@@ -431,7 +431,7 @@ mod tests {
         let mut seed = 11;
         // Rows 16..80 (1-5 vectors: a partial column block), m not a multiple of 6, k
         // even but not a multiple of 16, y wider than the panel.
-        // m = 53: two and one 16-row AMX blocks plus 5 rows (where the CPU has AMX).
+        // m = 53: a 32-row and a 16-row AMX block plus a 5-row one (where the CPU has AMX).
         for (m, rows, k, n) in [
             (13, 64, 576, 80),
             (1, 16, 2, 16),
@@ -468,7 +468,7 @@ mod tests {
     }
 
     /// A row's product does not depend on where it sits in A (which 6-row tile, which
-    /// AMX block or padded remainder): bit for bit, so a pair's log-probabilities do not
+    /// AMX block, whole or partial): bit for bit, so a pair's log-probabilities do not
     /// depend on the batch it is packed in.
     #[test]
     fn a_rows_product_does_not_depend_on_its_position() {
